@@ -1,0 +1,60 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "ProcessPool",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "ProcessPool", targets: ["ProcessPool"]),
+        .executable(name: "primes", targets: ["Primes"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C shim: the Linux calls Swift's Glibc module does not expose.
+        .target(name: "CProcessPoolShim", path: "Sources/CProcessPoolShim"),
+        // The transport-neutral core: executor, futures, wire protocol, worker loop.
+        .target(
+            name: "ProcessPoolCore",
+            dependencies: [
+                "CProcessPoolShim",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/ProcessPoolCore"
+        ),
+        // Local start methods: fork, spawn, forkserver.
+        .target(
+            name: "ProcessPoolLocal",
+            dependencies: ["ProcessPoolCore", "CProcessPoolShim"],
+            path: "Transports/ProcessPoolLocal"
+        ),
+        // The public umbrella: `import ProcessPool` is all a local user needs.
+        .target(
+            name: "ProcessPool",
+            dependencies: ["ProcessPoolCore", "ProcessPoolLocal", "CProcessPoolShim"],
+            path: "Sources/ProcessPool"
+        ),
+        .executableTarget(
+            name: "Primes",
+            dependencies: ["ProcessPool"],
+            path: "Examples/Primes"
+        ),
+        // Tasks shared by the tests and their worker executable.
+        .target(
+            name: "PoolTestSupport",
+            dependencies: ["ProcessPool"],
+            path: "Tests/PoolTestSupport"
+        ),
+        .executableTarget(
+            name: "PoolTestWorker",
+            dependencies: ["PoolTestSupport", "ProcessPool"],
+            path: "Tests/PoolTestWorker"
+        ),
+        .testTarget(
+            name: "ProcessPoolTests",
+            dependencies: ["ProcessPool", "PoolTestSupport", "PoolTestWorker"],
+            path: "Tests/ProcessPoolTests"
+        ),
+    ]
+)

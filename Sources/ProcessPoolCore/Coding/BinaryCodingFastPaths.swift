@@ -1,0 +1,246 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#endif
+
+// The binary Codable format, shared by `BinaryEncoder` and `BinaryDecoder`.
+//
+// Every value starts with a tag byte, so the format is self-describing: a value
+// can be skipped without knowing its type, `decodeNil()` can peek anywhere, and
+// a type mismatch is an error instead of a misread.
+//
+//   null | false | true | empty            tag only
+//   i8 … i128, u8 … u128, f32, f64        tag + fixed-width little-endian payload
+//   string, bytes                          tag + varint byte count + bytes (UTF-8 validated)
+//   packed i64/i32/u64/u32/f64/f32         tag + varint element count + raw LE elements
+//   keyed                                  tag + u32 byte length + (key string, value)*
+//   unkeyed                                tag + u32 byte length + value*
+//   some                                   tag + value that itself starts with null/some
+//
+// Containers carry their byte length (patched when they close), so skipping one
+// is O(1) and keyed lookups may happen in any order. Keys are always
+// `stringValue`s, as in JSON. `empty` stands for a value whose `encode(to:)`
+// wrote nothing; `some` keeps `Optional<Optional<T>>.some(nil)` apart from `nil`.
+
+/// The tag byte that starts every encoded value.
+enum BinaryTag {
+    static let null: UInt8 = 0x00
+    static let `false`: UInt8 = 0x01
+    static let `true`: UInt8 = 0x02
+    static let empty: UInt8 = 0x03
+    static let some: UInt8 = 0x04
+    static let i8: UInt8 = 0x05
+    static let i16: UInt8 = 0x06
+    static let i32: UInt8 = 0x07
+    static let i64: UInt8 = 0x08
+    static let i128: UInt8 = 0x09
+    static let u8: UInt8 = 0x0A
+    static let u16: UInt8 = 0x0B
+    static let u32: UInt8 = 0x0C
+    static let u64: UInt8 = 0x0D
+    static let u128: UInt8 = 0x0E
+    static let f32: UInt8 = 0x0F
+    static let f64: UInt8 = 0x10
+    static let string: UInt8 = 0x11
+    static let bytes: UInt8 = 0x12
+    static let keyed: UInt8 = 0x13
+    static let unkeyed: UInt8 = 0x14
+    static let packedI64: UInt8 = 0x15
+    static let packedI32: UInt8 = 0x16
+    static let packedU64: UInt8 = 0x17
+    static let packedU32: UInt8 = 0x18
+    static let packedF64: UInt8 = 0x19
+    static let packedF32: UInt8 = 0x1A
+
+    /// The tag of a fixed-width integer type.
+    @inline(__always)
+    static func integer<I: FixedWidthInteger>(_: I.Type) -> UInt8 {
+        let base = I.isSigned ? i8 : u8
+        switch I.bitWidth {
+        case 8: return base
+        case 16: return base + 1
+        case 32: return base + 2
+        case 64: return base + 3
+        default: return base + 4
+        }
+    }
+
+    /// The payload size of a fixed-size tag, or nil for variable-size tags.
+    @inline(__always)
+    static func fixedSize(_ tag: UInt8) -> Int? {
+        switch tag {
+        case null, `false`, `true`, empty: return 0
+        case i8, u8: return 1
+        case i16, u16: return 2
+        case i32, u32, f32: return 4
+        case i64, u64, f64: return 8
+        case i128, u128: return 16
+        default: return nil
+        }
+    }
+
+    /// The element size of a packed array tag, or nil.
+    @inline(__always)
+    static func packedElementSize(_ tag: UInt8) -> Int? {
+        switch tag {
+        case bytes: return 1
+        case packedI64, packedU64, packedF64: return 8
+        case packedI32, packedU32, packedF32: return 4
+        default: return nil
+        }
+    }
+}
+
+/// Limits that keep hostile input from exhausting the stack.
+package enum BinaryCodingLimits {
+    /// The deepest nesting of values and containers either side accepts.
+    package static let maxDepth = 512
+}
+
+/// Reinterprets a value whose type is already known to be `U` (checked by the
+/// caller with `T.self == U.self`).
+@inline(__always)
+func _identityCast<T, U>(_ value: T, to _: U.Type = U.self) -> U {
+    unsafeBitCast(value, to: U.self)
+}
+
+// MARK: - Encoding fast paths
+
+extension _EncodingContext {
+    /// Writes the types that have a dedicated representation (or that are
+    /// common enough to skip `Encodable`); returns false for every other type.
+    @inline(__always)
+    func encodeFastPath<T: Encodable>(_ value: T) -> Bool {
+        if T.self == String.self {
+            writeString(_identityCast(value, to: String.self))
+        } else if T.self == Int.self {
+            writeInteger(_identityCast(value, to: Int.self))
+        } else if T.self == Double.self {
+            writeDouble(_identityCast(value, to: Double.self))
+        } else if T.self == Bool.self {
+            writer.write(_identityCast(value, to: Bool.self) ? BinaryTag.true : BinaryTag.false)
+        } else if T.self == [UInt8].self {
+            let array = _identityCast(value, to: [UInt8].self)
+            writer.write(BinaryTag.bytes)
+            writer.writeVarint(UInt64(array.count))
+            array.withUnsafeBufferPointer { writer.bytes.append(contentsOf: $0) }
+        } else if encodePackedFastPath(value) {
+            return true
+        } else {
+            #if canImport(FoundationEssentials)
+            if T.self == Data.self {
+                let data = _identityCast(value, to: Data.self)
+                writer.write(BinaryTag.bytes)
+                writer.writeVarint(UInt64(data.count))
+                data.withUnsafeBytes { writer.bytes.append(contentsOf: $0.assumingMemoryBound(to: UInt8.self)) }
+                return true
+            }
+            #endif
+            return false
+        }
+        return true
+    }
+
+    @inline(__always)
+    private func encodePackedFastPath<T: Encodable>(_ value: T) -> Bool {
+        #if _endian(little)
+        if T.self == [Int].self {
+            writePacked(_identityCast(value, to: [Int].self), tag: BinaryTag.packedI64)
+        } else if T.self == [Double].self {
+            writePacked(_identityCast(value, to: [Double].self), tag: BinaryTag.packedF64)
+        } else if T.self == [Int64].self {
+            writePacked(_identityCast(value, to: [Int64].self), tag: BinaryTag.packedI64)
+        } else if T.self == [Int32].self {
+            writePacked(_identityCast(value, to: [Int32].self), tag: BinaryTag.packedI32)
+        } else if T.self == [UInt64].self {
+            writePacked(_identityCast(value, to: [UInt64].self), tag: BinaryTag.packedU64)
+        } else if T.self == [UInt32].self {
+            writePacked(_identityCast(value, to: [UInt32].self), tag: BinaryTag.packedU32)
+        } else if T.self == [Float].self {
+            writePacked(_identityCast(value, to: [Float].self), tag: BinaryTag.packedF32)
+        } else {
+            return false
+        }
+        return true
+        #else
+        return false
+        #endif
+    }
+
+    /// Tag, element count, then the elements' memory in one copy.
+    @inline(__always)
+    private func writePacked<E: BitwiseCopyable>(_ array: [E], tag: UInt8) {
+        writer.write(tag)
+        writer.writeVarint(UInt64(array.count))
+        array.withUnsafeBytes { raw in
+            writer.bytes.append(contentsOf: raw.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+}
+
+// MARK: - Decoding fast paths
+
+extension _DecodingContext {
+    /// Reads the types that have a dedicated representation; returns nil for
+    /// every other type, and for a packed type that was encoded generically.
+    @inline(__always)
+    func decodeFastPath<T: Decodable>(_: T.Type, at offset: Int) throws -> (T, Int)? {
+        if T.self == String.self {
+            let (value, end) = try readString(at: offset)
+            return (_identityCast(value, to: T.self), end)
+        } else if T.self == Int.self {
+            let (value, end) = try readInteger(Int.self, at: offset)
+            return (_identityCast(value, to: T.self), end)
+        } else if T.self == Double.self {
+            let (value, end) = try readDouble(at: offset)
+            return (_identityCast(value, to: T.self), end)
+        } else if T.self == Bool.self {
+            let (value, end) = try readBool(at: offset)
+            return (_identityCast(value, to: T.self), end)
+        } else if T.self == [UInt8].self {
+            guard try tag(at: offset) == BinaryTag.bytes else { return nil }
+            let (count, start) = try readCount(at: offset + 1, elementSize: 1)
+            let array = Array(UnsafeRawBufferPointer(start: base + start, count: count))
+            return (_identityCast(array, to: T.self), start + count)
+        }
+        #if canImport(FoundationEssentials)
+        if T.self == Data.self {
+            guard try tag(at: offset) == BinaryTag.bytes else { return nil }
+            let (count, start) = try readCount(at: offset + 1, elementSize: 1)
+            let data = Data(bytes: base + start, count: count)
+            return (_identityCast(data, to: T.self), start + count)
+        }
+        #endif
+        #if _endian(little)
+        if T.self == [Int].self {
+            return try readPacked(Int.self, tag: BinaryTag.packedI64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        } else if T.self == [Double].self {
+            return try readPacked(Double.self, tag: BinaryTag.packedF64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        } else if T.self == [Int64].self {
+            return try readPacked(Int64.self, tag: BinaryTag.packedI64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        } else if T.self == [Int32].self {
+            return try readPacked(Int32.self, tag: BinaryTag.packedI32, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        } else if T.self == [UInt64].self {
+            return try readPacked(UInt64.self, tag: BinaryTag.packedU64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        } else if T.self == [UInt32].self {
+            return try readPacked(UInt32.self, tag: BinaryTag.packedU32, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        } else if T.self == [Float].self {
+            return try readPacked(Float.self, tag: BinaryTag.packedF32, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
+        }
+        #endif
+        return nil
+    }
+
+    /// Reads a packed array in one copy; nil if the value is not packed with `tag`.
+    @inline(__always)
+    private func readPacked<E: BitwiseCopyable>(_: E.Type, tag expected: UInt8, at offset: Int) throws -> ([E], Int)? {
+        guard try tag(at: offset) == expected else { return nil }
+        let size = MemoryLayout<E>.stride
+        let (count, start) = try readCount(at: offset + 1, elementSize: size)
+        let source = UnsafeRawBufferPointer(start: base + start, count: count * size)
+        let array = [E](unsafeUninitializedCapacity: count) { buffer, initialized in
+            UnsafeMutableRawBufferPointer(buffer).copyMemory(from: source)
+            initialized = count
+        }
+        return (array, start + count * size)
+    }
+}

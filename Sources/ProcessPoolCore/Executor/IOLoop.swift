@@ -1,0 +1,252 @@
+import CProcessPoolShim
+import Glibc
+
+/// The pool's I/O thread (CPython's "executor manager thread"): polls every
+/// worker's stream and exit descriptor, reads and routes results, writes
+/// what the submitters could not, notices deaths, retires and replaces
+/// workers, and winds the pool down.
+final class IOLoop: @unchecked Sendable {
+    let core: PoolCore
+    /// How long a worker whose stream closed may take to report its exit
+    /// before it is killed.
+    static let exitGraceNanos: UInt64 = 2_000_000_000
+
+    init(core: PoolCore) { self.core = core }
+
+    func run() {
+        core.ioThreadID.withLock { $0 = pthread_self() }
+        var fds: [pollfd] = []
+        var slots: [WorkerSlot] = []
+        while true {
+            let timeout = core.locked { () -> Int32? in
+                maintainLocked()
+                if isFinishedLocked() { return nil }
+                fds.removeAll(keepingCapacity: true)
+                slots.removeAll(keepingCapacity: true)
+                fds.append(pollfd(fd: core.wakeDescriptor, events: Int16(POLLIN), revents: 0))
+                var deadline: UInt64 = .max
+                for slot in core.workers {
+                    slots.append(slot)
+                    var events = Int16(0)
+                    if !slot.streamClosed {
+                        events = Int16(POLLIN)
+                        if slot.hasOutbound { events |= Int16(POLLOUT) }
+                    }
+                    fds.append(pollfd(fd: slot.streamClosed ? -1 : slot.stream, events: events, revents: 0))
+                    fds.append(pollfd(fd: slot.exitDescriptor, events: Int16(POLLIN), revents: 0))
+                    if slot.phase == .starting { deadline = min(deadline, slot.helloDeadline) }
+                    if let eof = slot.eofDeadline { deadline = min(deadline, eof) }
+                }
+                core.ioSleeping = true
+                if deadline == .max { return -1 }
+                let now = MonotonicClock.now()
+                return deadline <= now ? 0 : Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+            }
+            guard let timeout else { break }
+            let ready = poll(&fds, nfds_t(fds.count), timeout)
+            core.locked {
+                core.ioSleeping = false
+                core.wakePosted = false
+            }
+            if ready < 0 && errno != EINTR {
+                core.locked { core.breakLocked("poll failed: \(SystemError("poll"))") }
+                continue
+            }
+            if fds[0].revents != 0 {
+                var value: UInt64 = 0
+                _ = Glibc.read(core.wakeDescriptor, &value, 8)
+            }
+            for (index, slot) in slots.enumerated() {
+                let stream = fds[1 + 2 * index].revents
+                let exited = fds[2 + 2 * index].revents
+                if stream & Int16(POLLOUT) != 0 {
+                    core.locked {
+                        if !slot.flush() { slot.streamClosed = true }
+                    }
+                }
+                if stream & Int16(POLLIN | POLLHUP | POLLERR) != 0 || exited != 0 {
+                    readAvailable(slot, untilDrained: exited != 0)
+                }
+                if exited != 0 { collectExit(slot) }
+            }
+        }
+        finish()
+    }
+
+    // MARK: Reading
+
+    /// Reads what the worker sent and handles each complete frame.
+    private func readAvailable(_ slot: WorkerSlot, untilDrained: Bool) {
+        var rounds = 0
+        while untilDrained || rounds < 16 {
+            rounds += 1
+            let n = slot.splitter.fill { buffer in
+                Glibc.read(slot.stream, buffer.baseAddress, buffer.count)
+            }
+            let failure = n < 0 ? errno : 0
+            if n > 0 {
+                do {
+                    while try slot.splitter.nextFrame({ kind, body in try handleFrame(slot, kind, body) }) {}
+                } catch {
+                    core.locked { core.breakLocked("malformed frame from worker \(slot.label): \(error)") }
+                    return
+                }
+                continue
+            }
+            if n < 0 && failure == EINTR { continue }
+            if n < 0 && (failure == EAGAIN || failure == EWOULDBLOCK) { break }
+            // EOF or a broken stream.
+            core.locked {
+                if !slot.streamClosed {
+                    slot.streamClosed = true
+                    if slot.exit == nil {
+                        slot.eofDeadline = MonotonicClock.now() &+ Self.exitGraceNanos
+                    }
+                }
+            }
+            break
+        }
+        slot.splitter.shrinkIfIdle()
+    }
+
+    private func handleFrame(_ slot: WorkerSlot, _ kind: FrameKind, _ body: UnsafeRawBufferPointer) throws {
+        var reader = ByteReader(body)
+        switch kind {
+        case .results:
+            let itemID = try reader.readVarint()
+            let runNanos = try reader.read(UInt64.self)
+            let count = try reader.readVarint()
+            let item = try core.locked { () throws -> WorkItem? in
+                guard let head = slot.inFlight.first else {
+                    if core.broken != nil { return nil }
+                    throw ProtocolViolation("results for item \(itemID), which this worker does not hold")
+                }
+                guard head.id == itemID else {
+                    throw ProtocolViolation("results for item \(itemID), expected \(head.id)")
+                }
+                _ = slot.inFlight.popFirst()
+                let sample = Double(runNanos)
+                slot.averageNanos = slot.averageNanos == 0 ? sample : slot.averageNanos * 0.8 + sample * 0.2
+                core.dispatchLocked()
+                return head
+            }
+            guard let item else { return }
+            let context = OutcomeContext(registry: core.registry, worker: slot.label)
+            do {
+                try item.sink.complete(outcomes: &reader, count: Int(count), context: context)
+            } catch {
+                item.sink.fail(BrokenProcessPool(reason: "malformed results from worker \(slot.label): \(error)"))
+                throw error
+            }
+        case .hello:
+            let version = try reader.read(UInt16.self)
+            guard version == WireProtocol.version else {
+                throw ProtocolViolation("worker speaks protocol \(version), the pool \(WireProtocol.version)")
+            }
+            let pid = try reader.readVarint()
+            let ok = try reader.readByte() != 0
+            var failure: String?
+            if !ok {
+                let context = OutcomeContext(registry: core.registry, worker: slot.label)
+                switch try readOutcome(Never?.self, from: &reader, context: context) {
+                case .failure(let error): failure = String(describing: error)
+                case .success: failure = "unknown error"
+                }
+            }
+            core.locked {
+                if !slot.label.contains("pid") { slot.label = "pid \(pid) \(slot.label)" }
+                if let failure {
+                    core.breakLocked("the initializer failed in worker \(slot.label): \(failure)")
+                    return
+                }
+                if slot.phase == .starting { slot.phase = slot.exitRequested ? .leaving : .ready }
+                core.dispatchLocked()
+            }
+        case .goodbye:
+            _ = try reader.readVarint()
+            core.locked {
+                slot.saidGoodbye = true
+                slot.phase = .leaving
+            }
+        case .configure, .run, .exit:
+            throw ProtocolViolation("unexpected frame \(kind) from a worker")
+        }
+    }
+
+    // MARK: Exits
+
+    private func collectExit(_ slot: WorkerSlot) {
+        guard let exit = slot.connection.collectExit() else { return }
+        core.locked {
+            slot.exit = exit
+            slot.streamClosed = true
+            slot.eofDeadline = nil
+            let expected = (slot.saidGoodbye || slot.exitRequested) && exit.isClean && slot.inFlight.isEmpty
+            if !expected {
+                if let terminating = core.terminating {
+                    core.breakLocked("\(terminating); worker \(slot.label) ended with \(exit)")
+                } else if core.broken == nil {
+                    let held = slot.inFlight.count
+                    let what = held == 0 ? "while idle" : "while holding \(held) work item\(held == 1 ? "" : "s")"
+                    core.breakLocked("a process in the pool was terminated abruptly: worker \(slot.label) "
+                        + "(\(core.launcher.name)) ended with \(exit) \(what)")
+                }
+            }
+            core.workers.removeAll { $0 === slot }
+            slot.connection.close()
+            // Replace a retired worker while work remains.
+            if core.broken == nil && !core.pending.isEmpty && core.liveWorkerCount < core.maxWorkers {
+                core.launchLocked()
+            }
+        }
+    }
+
+    // MARK: Upkeep
+
+    /// Deadlines, shutdown progress (lock held).
+    private func maintainLocked() {
+        let now = MonotonicClock.now()
+        for slot in core.workers where slot.exit == nil {
+            if slot.phase == .starting && now >= slot.helloDeadline && core.broken == nil {
+                core.breakLocked("worker \(slot.label) did not start the protocol within "
+                    + "\(core.launcher.helloTimeout): does main() call ProcessPoolExecutor.bootstrap first?")
+            }
+            if let eof = slot.eofDeadline, now >= eof, !slot.signalled {
+                slot.signalled = true
+                slot.connection.kill()
+                slot.eofDeadline = nil
+            }
+        }
+        // Shutdown: once no work is left, ask every worker to exit.
+        if core.shutdownRequested && core.broken == nil {
+            core.pending.removeAll { $0.sink.isCancelled }
+            let busy = !core.pending.isEmpty || core.workers.contains { !$0.inFlight.isEmpty }
+            if !busy {
+                for slot in core.workers where slot.exit == nil {
+                    core.requestExitLocked(slot)
+                    if !slot.flush() { slot.streamClosed = true }
+                }
+            } else if core.liveWorkerCount == 0 && core.launching == 0 && !core.pending.isEmpty {
+                core.launchLocked()
+            }
+        }
+    }
+
+    private func isFinishedLocked() -> Bool {
+        (core.shutdownRequested || core.broken != nil) && core.workers.isEmpty && core.launching == 0
+            && (core.pending.isEmpty || core.broken != nil)
+    }
+
+    private func finish() {
+        let callbacks = core.locked { () -> [@Sendable () -> Void] in
+            core.finishedFlag = true
+            core.session?.close()
+            core.session = nil
+            defer { core.finishCallbacks = [] }
+            return core.finishCallbacks
+        }
+        core.ioThreadID.withLock { $0 = nil }
+        core.finished.set()
+        for callback in callbacks { callback() }
+    }
+}

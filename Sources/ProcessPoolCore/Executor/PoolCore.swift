@@ -1,0 +1,364 @@
+import CProcessPoolShim
+import Glibc
+import Logging
+import Synchronization
+
+/// The transport-neutral heart of a pool: the queue of pending work, the
+/// workers and what each holds, and the rules for starting, feeding,
+/// retiring and losing workers. `IOLoop` (its I/O thread) drives it.
+///
+/// All mutable state is guarded by `lock`. Futures are completed and failed
+/// outside the lock.
+package final class PoolCore: @unchecked Sendable {
+    let launcher: any WorkerLauncher
+    let registry: TaskRegistry
+    let maxWorkers: Int
+    let maxTasksPerChild: Int?
+    let initializer: (name: String, payload: [UInt8])?
+    let logger = Logger(label: "ProcessPool")
+
+    let lock = ConditionLock()
+    // Guarded by lock:
+    var pending = RingQueue<WorkItem>()
+    var workers: [WorkerSlot] = []
+    var launching = 0
+    var session: (any LaunchSession)?
+    var started = false
+    var shutdownRequested = false
+    var terminating: String?
+    var broken: String?
+    var ioSleeping = false
+    var wakePosted = false
+    var finishedFlag = false
+    var finishCallbacks: [@Sendable () -> Void] = []
+    /// Work to do once the lock is released (failing and cancelling futures
+    /// runs their callbacks, which may call back into the pool).
+    var afterUnlock: [() -> Void] = []
+
+    let finished = OneShotEvent()
+    let wakeDescriptor: Int32
+    private let nextItemID = Atomic<UInt64>(1)
+    let ioThreadID = Mutex<pthread_t?>(nil)
+
+    package init(launcher: any WorkerLauncher, registry: TaskRegistry, maxWorkers: Int,
+                 maxTasksPerChild: Int?, initializer: (any ProcessTask)?) throws {
+        self.launcher = launcher
+        self.registry = registry
+        self.maxWorkers = maxWorkers
+        self.maxTasksPerChild = maxTasksPerChild
+        if let initializer {
+            let name = type(of: initializer).taskName
+            guard registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
+            self.initializer = (name, try BinaryEncoder().encode(initializer))
+        } else {
+            self.initializer = nil
+        }
+        let fd = cpp_eventfd_cloexec(0, 1)
+        guard fd >= 0 else { throw SystemError("eventfd") }
+        wakeDescriptor = fd
+    }
+
+    deinit { closeDescriptor(wakeDescriptor) }
+
+    package func makeItemID() -> UInt64 { nextItemID.add(1, ordering: .relaxed).oldValue }
+
+    // MARK: Locking helpers
+
+    /// Runs `body` under the lock, then what it left in `afterUnlock`.
+    @discardableResult
+    func locked<R>(_ body: () throws -> R) rethrows -> R {
+        lock.lock()
+        defer {
+            let work = afterUnlock
+            afterUnlock = []
+            lock.unlock()
+            for action in work { action() }
+        }
+        return try body()
+    }
+
+    /// Wakes the I/O thread if it sleeps in poll (lock held).
+    func wakeLocked() {
+        guard ioSleeping, !wakePosted else { return }
+        wakePosted = true
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeDescriptor, &one, 8)
+    }
+
+    // MARK: Submitting
+
+    /// Queues an item; starts the pool on first use and a worker when none is idle.
+    package func submit(_ item: WorkItem) throws {
+        try ensureStarted()
+        try locked {
+            if let broken { throw BrokenProcessPool(reason: broken) }
+            if shutdownRequested { throw ProcessPoolError.shutdown }
+            let hadIdle = workers.contains { $0.isIdle }
+            pending.append(item)
+            if !hadIdle && !launcher.startsAllWorkersAtOnce && liveWorkerCount < maxWorkers {
+                launchLocked()
+            }
+            dispatchLocked()
+        }
+    }
+
+    /// Queues several items at once (map), with one lock round trip.
+    package func submit(_ items: [WorkItem]) throws {
+        guard !items.isEmpty else { return }
+        try ensureStarted()
+        try locked {
+            if let broken { throw BrokenProcessPool(reason: broken) }
+            if shutdownRequested { throw ProcessPoolError.shutdown }
+            let idle = workers.count { $0.isIdle }
+            for item in items { pending.append(item) }
+            if !launcher.startsAllWorkersAtOnce {
+                var wanted = max(0, items.count - idle)
+                while wanted > 0 && liveWorkerCount < maxWorkers {
+                    launchLocked()
+                    wanted -= 1
+                }
+            }
+            dispatchLocked()
+        }
+    }
+
+    var liveWorkerCount: Int {
+        workers.count { $0.phase != .leaving && $0.exit == nil } + launching
+    }
+
+    /// Starts the session and the I/O thread once. Workers that start all at
+    /// once (fork) are started before the I/O thread exists.
+    private func ensureStarted() throws {
+        let first = try locked { () throws -> Bool in
+            if let broken { throw BrokenProcessPool(reason: broken) }
+            if shutdownRequested { throw ProcessPoolError.shutdown }
+            if started { return false }
+            started = true
+            return true
+        }
+        guard first else { return }
+        do {
+            let session = try launcher.makeSession(for: PoolDescription(registry: registry, maxWorkers: maxWorkers))
+            locked { self.session = session }
+        } catch {
+            locked { breakLocked("could not start the \(launcher.name) start method: \(error)") }
+            startIOThread()
+            throw BrokenProcessPool(reason: "could not start the \(launcher.name) start method: \(error)")
+        }
+        if launcher.startsAllWorkersAtOnce {
+            let group = CountdownEvent(count: maxWorkers)
+            locked {
+                for _ in 0..<maxWorkers { launchLocked(then: { group.countDown() }) }
+            }
+            group.wait()
+        }
+        startIOThread()
+    }
+
+    private func startIOThread() {
+        let loop = IOLoop(core: self)
+        PoolThread.start(name: "ProcessPool I/O") {
+            loop.run()
+        }
+    }
+
+    // MARK: Launching
+
+    /// Asks the session for one more worker (lock held).
+    func launchLocked(then done: (@Sendable () -> Void)? = nil) {
+        guard let session, broken == nil else {
+            done?()
+            return
+        }
+        launching += 1
+        session.launchWorker { [self] result in
+            locked {
+                launching -= 1
+                switch result {
+                case .success(let connection):
+                    adopt(connection)
+                case .failure(let error):
+                    breakLocked("could not start a \(launcher.name) worker: \(error)")
+                }
+                wakeLocked()
+            }
+            done?()
+        }
+    }
+
+    /// Takes a started worker into the pool and sends it its configuration.
+    private func adopt(_ connection: any WorkerConnection) {
+        let deadline = MonotonicClock.now() &+ MonotonicClock.nanoseconds(launcher.helloTimeout)
+        let slot = WorkerSlot(connection: connection, tasksLeft: maxTasksPerChild, helloDeadline: deadline)
+        workers.append(slot)
+        if broken != nil || terminating != nil {
+            slot.signalled = true
+            connection.kill()
+            return
+        }
+        var frame = FrameBuilder()
+        frame.begin(.configure)
+        frame.writer.write(WireProtocol.version)
+        frame.writer.writeVarint(UInt64(maxTasksPerChild ?? 0))
+        if let initializer {
+            frame.writer.write(UInt8(1))
+            frame.writer.writeString(initializer.name)
+            frame.writePayload { $0.writeRaw(initializer.payload) }
+        } else {
+            frame.writer.write(UInt8(0))
+        }
+        try? frame.end()
+        slot.enqueue(frame.take())
+        if shutdownRequested && pending.isEmpty { requestExitLocked(slot) }
+        _ = slot.flush()
+    }
+
+    // MARK: Dispatching
+
+    /// Hands pending items to workers with room, least loaded first (lock held).
+    func dispatchLocked() {
+        guard broken == nil else { return }
+        var touched: [WorkerSlot] = []
+        while !pending.isEmpty {
+            var best: WorkerSlot?
+            for slot in workers where slot.canTakeWork {
+                if best == nil || slot.inFlight.count < best!.inFlight.count { best = slot }
+            }
+            guard let slot = best else { break }
+            var item = pending.popFirst()!
+            guard item.sink.markRunning() else { continue }
+            slot.enqueue(item.frame)
+            item.frame = []
+            slot.inFlight.append(item)
+            if let left = slot.tasksLeft { slot.tasksLeft = left - 1 }
+            if !touched.contains(where: { $0 === slot }) { touched.append(slot) }
+        }
+        var needsPoll = false
+        for slot in touched {
+            if !slot.flush() { slot.streamClosed = true }
+            if slot.hasOutbound { needsPoll = true }
+        }
+        if needsPoll { wakeLocked() }
+    }
+
+    /// Sends the exit frame to a worker (lock held).
+    func requestExitLocked(_ slot: WorkerSlot) {
+        guard !slot.exitRequested, slot.exit == nil else { return }
+        slot.exitRequested = true
+        var frame = FrameBuilder(capacity: 8)
+        frame.begin(.exit)
+        try? frame.end()
+        slot.enqueue(frame.take())
+        if slot.phase == .ready { slot.phase = .leaving }
+    }
+
+    // MARK: Breaking
+
+    /// Marks the pool broken, fails everything not finished and stops the
+    /// workers (lock held). The first reason wins.
+    func breakLocked(_ reason: String) {
+        guard broken == nil else { return }
+        broken = reason
+        logger.error("process pool broken: \(reason)")
+        let error = BrokenProcessPool(reason: reason)
+        var lost = pending.drain()
+        for slot in workers { lost += slot.inFlight.drain() }
+        afterUnlock.append { for item in lost { item.sink.fail(error) } }
+        for slot in workers {
+            slot.outbound.removeAll()
+            slot.outboundOffset = 0
+            if slot.exit == nil && !slot.signalled {
+                slot.signalled = true
+                slot.connection.kill()
+            }
+        }
+        wakeLocked()
+    }
+
+    // MARK: Shutting down
+
+    /// Stops accepting work; optionally cancels what has not started; waits
+    /// for the workers to exit when `wait` is set (not on the I/O thread).
+    package func shutdown(wait: Bool, cancelFutures: Bool) {
+        let mustWait = locked { () -> Bool in
+            shutdownRequested = true
+            if cancelFutures { cancelPendingLocked() }
+            wakeLocked()
+            return started
+        }
+        guard wait, mustWait, !isIOThread else { return }
+        finished.wait()
+    }
+
+    /// The async twin of `shutdown(wait: true, ...)`.
+    package func shutdownAsync(cancelFutures: Bool) async {
+        let mustWait = locked { () -> Bool in
+            shutdownRequested = true
+            if cancelFutures { cancelPendingLocked() }
+            wakeLocked()
+            return started
+        }
+        guard mustWait, !isIOThread else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            onFinished { continuation.resume() }
+        }
+    }
+
+    /// Shuts down at once, cancels pending work and signals every worker.
+    package func stopWorkers(force: Bool) {
+        locked {
+            shutdownRequested = true
+            cancelPendingLocked()
+            if broken == nil && terminating == nil {
+                terminating = force ? "the pool's workers were killed (killWorkers())"
+                    : "the pool's workers were terminated (terminateWorkers())"
+            }
+            for slot in workers where slot.exit == nil && !slot.signalled {
+                slot.signalled = true
+                if force { slot.connection.kill() } else { slot.connection.terminate() }
+            }
+            wakeLocked()
+        }
+    }
+
+    private func cancelPendingLocked() {
+        let items = pending.drain()
+        afterUnlock.append { for item in items { item.sink.cancel() } }
+    }
+
+    /// Runs `body` once the pool has finished (at once if it has).
+    func onFinished(_ body: @escaping @Sendable () -> Void) {
+        let now = locked { () -> Bool in
+            if finishedFlag { return true }
+            finishCallbacks.append(body)
+            return false
+        }
+        if now { body() }
+    }
+
+    var isIOThread: Bool {
+        let me = pthread_self()
+        return ioThreadID.withLock { id in id.map { pthread_equal($0, me) != 0 } ?? false }
+    }
+}
+
+/// Blocks until `count` events happened.
+final class CountdownEvent: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var count: Int
+
+    init(count: Int) { self.count = count }
+
+    func countDown() {
+        lock.withLock {
+            count -= 1
+            if count <= 0 { lock.broadcast() }
+        }
+    }
+
+    func wait() {
+        lock.lock()
+        while count > 0 { _ = lock.wait(untilNanos: nil) }
+        lock.unlock()
+    }
+}

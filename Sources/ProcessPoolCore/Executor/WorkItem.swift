@@ -1,0 +1,99 @@
+/// Where a work item's outcomes go: a single task's future, or a map chunk.
+package protocol WorkSink: AnyObject, Sendable {
+    /// Pending → running; false if cancelled (the item is then dropped).
+    func markRunning() -> Bool
+    /// Reads this item's `count` outcomes; throws only when the frame itself
+    /// is malformed (which breaks the pool).
+    func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws
+    /// Fails the item (a broken pool).
+    func fail(_ error: any Error)
+    /// Cancels the item if it is still pending.
+    @discardableResult func cancel() -> Bool
+    /// Whether the consumer gave up on it.
+    var isCancelled: Bool { get }
+}
+
+/// What the parent needs to turn an outcome into a Swift value or error.
+package struct OutcomeContext {
+    package let registry: TaskRegistry
+    package let worker: String
+}
+
+/// One message's worth of work: an encoded `run` frame and where its results go.
+package struct WorkItem: Sendable {
+    package let id: UInt64
+    /// How many calls the frame carries (1, or a map chunk's size).
+    package let calls: Int
+    package var frame: [UInt8]
+    package let sink: any WorkSink
+}
+
+/// Reads one outcome written by a worker's runner.
+package func readOutcome<T: Decodable>(_: T.Type, from reader: inout ByteReader,
+                                       context: OutcomeContext) throws -> Result<T, any Error> {
+    let tagByte = try reader.readByte()
+    guard let tag = OutcomeTag(rawValue: tagByte) else {
+        throw ProtocolViolation("unknown outcome tag \(tagByte)")
+    }
+    switch tag {
+    case .success:
+        let payload = try reader.readPayload()
+        do {
+            return .success(try BinaryDecoder().decode(T.self, from: payload))
+        } catch {
+            return .failure(RemoteTaskError(
+                typeName: String(reflecting: type(of: error)),
+                message: "the parent could not decode the result as \(T.self): \(error)",
+                worker: context.worker))
+        }
+    case .registeredError:
+        let name = try reader.readString()
+        let payloadLength = try reader.readLength()
+        let payload = try reader.readRaw(payloadLength)
+        if let decode = context.registry.errorDecoders[name], let error = try? decode(payload) {
+            return .failure(error)
+        }
+        return .failure(RemoteTaskError(typeName: name, message: "(an error the parent could not decode)",
+                                        worker: context.worker))
+    case .remoteError:
+        let typeName = try reader.readString()
+        let message = try reader.readString()
+        return .failure(RemoteTaskError(typeName: typeName, message: message, worker: context.worker))
+    }
+}
+
+extension TaskFuture: WorkSink where Output: Decodable {
+    package func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws {
+        guard count == 1 else { throw ProtocolViolation("\(count) outcomes for a single task") }
+        finish(try readOutcome(Output.self, from: &outcomes, context: context))
+    }
+
+    package func fail(_ error: any Error) { finish(.failure(error)) }
+}
+
+/// The outcomes of one map chunk, each item's on its own.
+package typealias ChunkOutcomes<Output> = [Result<Output, any Error>]
+
+/// A map chunk: decodes each outcome separately so one failing item does not
+/// take its neighbours' results with it.
+package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
+    package let future = TaskFuture<ChunkOutcomes<Output>>()
+    let expected: Int
+
+    package init(expected: Int) { self.expected = expected }
+
+    package func markRunning() -> Bool { future.markRunning() }
+    package var isCancelled: Bool { future.isCancelled }
+    package func fail(_ error: any Error) { future.finish(.failure(error)) }
+    @discardableResult package func cancel() -> Bool { future.cancel() }
+
+    package func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws {
+        guard count == expected else {
+            throw ProtocolViolation("\(count) outcomes for a chunk of \(expected)")
+        }
+        var results: ChunkOutcomes<Output> = []
+        results.reserveCapacity(count)
+        for _ in 0..<count { results.append(try readOutcome(Output.self, from: &outcomes, context: context)) }
+        future.finish(.success(results))
+    }
+}

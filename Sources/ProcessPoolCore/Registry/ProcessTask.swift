@@ -1,0 +1,22 @@
+/// A unit of work: the value is the call (function + arguments), `run()`
+/// executes in a worker.
+///
+/// ```swift
+/// struct CountPrimes: ProcessTask {
+///     var below: Int
+///     func run() -> Int { (2..<below).count(where: isPrime) }
+/// }
+/// ```
+public protocol ProcessTask: Codable, Sendable {
+    /// What `run()` returns; it travels back to the parent encoded.
+    associatedtype Output: Codable & Sendable
+    /// Name on the wire. Default: the type's name. Must be unique in a registry.
+    static var taskName: String { get }
+    /// Runs in the worker process, synchronously, on the worker's only thread.
+    func run() throws -> Output
+}
+
+extension ProcessTask {
+    /// The type's name, as `String(describing:)` spells it.
+    public static var taskName: String { String(describing: Self.self) }
+}

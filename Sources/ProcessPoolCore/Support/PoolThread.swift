@@ -1,0 +1,31 @@
+import CProcessPoolShim
+import Glibc
+
+/// Starts a detached-on-exit pthread running `body`.
+///
+/// The pool's I/O thread and the local launcher thread are plain pthreads:
+/// they block in `poll` and must not occupy a Swift concurrency thread.
+package enum PoolThread {
+    private final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    package static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box {
+            cpp_set_thread_name(name)
+            body()
+        }).toOpaque()
+        var thread = pthread_t()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        let rc = pthread_create(&thread, &attr, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        pthread_attr_destroy(&attr)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+    }
+}

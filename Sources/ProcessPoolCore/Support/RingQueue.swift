@@ -1,0 +1,48 @@
+/// A FIFO queue with O(1) amortised push and pop (an array and a head index).
+package struct RingQueue<Element> {
+    private var storage: [Element?] = []
+    private var head = 0
+
+    package init() {}
+
+    package var count: Int { storage.count - head }
+    package var isEmpty: Bool { head == storage.count }
+    package var first: Element? { isEmpty ? nil : storage[head] }
+
+    package mutating func append(_ element: Element) { storage.append(element) }
+
+    package mutating func popFirst() -> Element? {
+        guard head < storage.count else { return nil }
+        let element = storage[head]
+        storage[head] = nil
+        head += 1
+        if head == storage.count {
+            storage.removeAll(keepingCapacity: storage.count < 4096)
+            head = 0
+        } else if head >= 1024 && head * 2 >= storage.count {
+            storage.removeFirst(head)
+            head = 0
+        }
+        return element
+    }
+
+    /// Removes and returns everything, oldest first.
+    package mutating func drain() -> [Element] {
+        let all = storage[head...].map { $0! }
+        storage = []
+        head = 0
+        return all
+    }
+
+    /// Keeps only the elements for which `keep` is true.
+    package mutating func removeAll(where remove: (Element) -> Bool) {
+        let kept = storage[head...].compactMap { $0 }.filter { !remove($0) }
+        storage = kept.map { Optional($0) }
+        head = 0
+    }
+
+    /// Visits every element, oldest first.
+    package func forEach(_ body: (Element) -> Void) {
+        for case let element? in storage[head...] { body(element) }
+    }
+}

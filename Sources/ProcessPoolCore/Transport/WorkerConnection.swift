@@ -1,0 +1,96 @@
+/// How a worker ended, as its transport reports it.
+public enum WorkerExit: Sendable, Equatable, CustomStringConvertible {
+    /// The worker exited with this code.
+    case exited(Int32)
+    /// The worker was killed by this signal.
+    case signaled(Int32)
+    /// The worker is gone and no status is known (a lost connection, a reaped child).
+    case lost(String)
+
+    /// "exit code 3", "signal SIGKILL", or the loss's explanation.
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exit code \(code)"
+        case .signaled(let signal): return "signal \(signalName(signal))"
+        case .lost(let why): return why
+        }
+    }
+
+    /// A clean exit (code 0).
+    public var isClean: Bool { self == .exited(0) }
+}
+
+/// One running worker as the core sees it: a byte stream and news of its end.
+///
+/// A transport (local processes, ssh) implements this; the core never learns
+/// how the worker was started. The core reads and writes `streamDescriptor`
+/// (it makes it non-blocking) and polls `exitDescriptor`; it never closes
+/// either: it calls `close()` once the worker's exit has been collected.
+public protocol WorkerConnection: AnyObject, Sendable {
+    /// A connected stream socket carrying the framed protocol both ways.
+    var streamDescriptor: Int32 { get }
+    /// Becomes readable once the worker has ended (a pidfd, an eventfd, ...).
+    var exitDescriptor: Int32 { get }
+    /// Names the worker for errors and logs, e.g. "pid 4242 on localhost".
+    var label: String { get }
+    /// How the worker ended, once `exitDescriptor` is readable; nil while it runs.
+    /// Reaps the worker where that applies. Called on the pool's I/O thread.
+    func collectExit() -> WorkerExit?
+    /// Asks the worker to stop now (SIGTERM or its equivalent).
+    func terminate()
+    /// Stops the worker by force (SIGKILL or its equivalent).
+    func kill()
+    /// Releases the descriptors; called once, after the exit was collected.
+    func close()
+}
+
+/// What a launcher needs to know about the pool it starts workers for.
+public struct PoolDescription: Sendable {
+    /// The tasks the workers run (a fork child serves these directly).
+    public var registry: TaskRegistry
+    /// How many workers the pool will run at most.
+    public var maxWorkers: Int
+
+    /// A description of a pool.
+    public init(registry: TaskRegistry, maxWorkers: Int) {
+        self.registry = registry
+        self.maxWorkers = maxWorkers
+    }
+}
+
+/// A way of starting workers: the transport-neutral interface behind
+/// `StartMethod`. A third party can add a start method by implementing it.
+public protocol WorkerLauncher: Sendable {
+    /// The start method's name ("spawn", "fork", "forkserver", "ssh").
+    var name: String { get }
+    /// Workers to run when `maxWorkers` is nil; nil means the usable CPUs.
+    var defaultWorkerCount: Int? { get }
+    /// Start every worker at the first submit (fork) rather than on demand.
+    var startsAllWorkersAtOnce: Bool { get }
+    /// Whether workers may be retired and replaced (false for fork).
+    var supportsMaxTasksPerChild: Bool { get }
+    /// How long a started worker may take to say hello before the pool breaks.
+    var helloTimeout: Duration { get }
+    /// Called once per pool, at its first submit, from the submitting thread.
+    func makeSession(for pool: PoolDescription) throws -> any LaunchSession
+}
+
+extension WorkerLauncher {
+    /// Start on demand.
+    public var startsAllWorkersAtOnce: Bool { false }
+    /// Workers may be replaced.
+    public var supportsMaxTasksPerChild: Bool { true }
+    /// The CPUs this process may run on.
+    public var defaultWorkerCount: Int? { nil }
+    /// Thirty seconds.
+    public var helloTimeout: Duration { .seconds(30) }
+}
+
+/// A pool's use of a launcher: starts its workers, releases what they share.
+public protocol LaunchSession: Sendable {
+    /// Starts one worker and calls `completion` exactly once, from any thread.
+    /// Must not block the caller for long: start-up may be slow (ssh).
+    func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void)
+    /// The pool is finished: release shared resources (connections, servers).
+    func close()
+}

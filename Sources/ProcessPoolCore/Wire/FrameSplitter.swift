@@ -1,0 +1,116 @@
+/// Cuts a byte stream into frames, checking the preamble and the size limit.
+///
+/// Reads go straight into its own buffer (no zero-filling, no copies); a
+/// frame is handed out as borrowed bytes. A length above the limit is a
+/// `ProtocolViolation` before anything is allocated for it.
+package final class FrameSplitter {
+    private var storage: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var readIndex = 0
+    private var writeIndex = 0
+    private var preamblePending: Bool
+
+    package init(expectPreamble: Bool, initialCapacity: Int = 64 * 1024) {
+        preamblePending = expectPreamble
+        capacity = initialCapacity
+        storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    private var available: Int { writeIndex - readIndex }
+
+    private func peekLength() -> Int {
+        var v: UInt32 = 0
+        memcpyFrom(&v, offset: readIndex, count: 4)
+        return Int(UInt32(littleEndian: v))
+    }
+
+    private func memcpyFrom(_ dst: UnsafeMutablePointer<UInt32>, offset: Int, count: Int) {
+        UnsafeMutableRawPointer(dst).copyMemory(from: storage + offset, byteCount: count)
+    }
+
+    /// Bytes the frame being received still needs (64 KiB when unknown).
+    private var bytesWanted: Int {
+        if preamblePending { return max(1, WireProtocol.preamble.count - available) }
+        guard available >= WireProtocol.headerBytes else { return 64 * 1024 }
+        let length = peekLength()
+        guard length <= WireProtocol.maxFrameBytes else { return 64 * 1024 }
+        return max(64 * 1024, WireProtocol.headerBytes + length - available)
+    }
+
+    /// Makes room and lets `read` fill it: `read` gets free space and returns
+    /// how many bytes it stored (<= 0 is passed back untouched).
+    package func fill(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        let want = min(bytesWanted, 16 * 1024 * 1024)
+        reserveFree(want)
+        let got = read(UnsafeMutableRawBufferPointer(start: storage + writeIndex, count: capacity - writeIndex))
+        if got > 0 { writeIndex += got }
+        return got
+    }
+
+    private func reserveFree(_ want: Int) {
+        if readIndex == writeIndex {
+            readIndex = 0
+            writeIndex = 0
+        }
+        if capacity - writeIndex >= want { return }
+        // Compact first; grow only if that is not enough.
+        if readIndex > 0 {
+            (storage).copyMemory(from: storage + readIndex, byteCount: available)
+            writeIndex = available
+            readIndex = 0
+            if capacity - writeIndex >= want { return }
+        }
+        var newCapacity = capacity
+        while newCapacity - writeIndex < want { newCapacity *= 2 }
+        let bigger = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        bigger.copyMemory(from: storage, byteCount: writeIndex)
+        storage.deallocate()
+        storage = bigger
+        capacity = newCapacity
+    }
+
+    /// Gives back memory after a large frame.
+    package func shrinkIfIdle() {
+        guard available == 0, capacity > 4 * 1024 * 1024 else { return }
+        storage.deallocate()
+        capacity = 64 * 1024
+        storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        readIndex = 0
+        writeIndex = 0
+    }
+
+    /// Calls `body` with the next complete frame (kind, body) if one is
+    /// buffered; returns false otherwise. The bytes are valid during `body` only.
+    package func nextFrame(_ body: (FrameKind, UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+        if preamblePending {
+            let n = WireProtocol.preamble.count
+            guard available >= n else { return false }
+            let got = Array(UnsafeRawBufferPointer(start: storage + readIndex, count: n))
+            guard got == WireProtocol.preamble else {
+                let shown = got.map { String($0, radix: 16) }.joined(separator: " ")
+                throw ProtocolViolation("the stream does not start with the protocol preamble (got \(shown))")
+            }
+            readIndex += n
+            preamblePending = false
+        }
+        guard available >= WireProtocol.headerBytes else { return false }
+        let length = peekLength()
+        guard length >= 1, length <= WireProtocol.maxFrameBytes else {
+            throw ProtocolViolation("frame length \(length) is outside 1...\(WireProtocol.maxFrameBytes)")
+        }
+        guard available >= WireProtocol.headerBytes + length else { return false }
+        let start = readIndex + WireProtocol.headerBytes
+        readIndex = start + length
+        let kindByte = storage.load(fromByteOffset: start, as: UInt8.self)
+        guard let kind = FrameKind(rawValue: kindByte) else {
+            throw ProtocolViolation("unknown frame kind \(kindByte)")
+        }
+        try body(kind, UnsafeRawBufferPointer(start: storage + start + 1, count: length - 1))
+        return true
+    }
+
+    /// Whether unparsed bytes remain (a truncated frame at EOF).
+    package var hasPartialFrame: Bool { available > 0 }
+}

@@ -1,0 +1,102 @@
+/// The framed protocol between a pool and its workers.
+///
+/// A worker's stream starts with `preamble` (8 bytes, so a stream carrying
+/// anything else is recognised at once), then both sides exchange frames:
+///
+///     u32 LE  length of what follows (kind + body), at most `maxFrameBytes`
+///     u8      kind
+///     ...     body
+///
+/// Parent to worker: `configure` (once, first), `run`, `exit`.
+/// Worker to parent: `hello` (after the initializer ran), `results`, `goodbye`.
+/// Variable-length integers are LEB128 varints; strings are a varint length
+/// and UTF-8; payloads are a u32 LE length and bytes.
+package enum WireProtocol {
+    /// Bumped whenever a frame's layout changes.
+    package static let version: UInt16 = 1
+    /// "\0PPOOL" + version + "\n".
+    package static let preamble: [UInt8] = [0, 0x50, 0x50, 0x4F, 0x4F, 0x4C, UInt8(version), 0x0A]
+    /// The largest frame either side accepts (1 GiB): bigger lengths are
+    /// rejected before anything is allocated.
+    package static let maxFrameBytes = 1 << 30
+    /// Bytes of the length field.
+    package static let headerBytes = 4
+}
+
+/// Frame kinds.
+package enum FrameKind: UInt8, Sendable {
+    // parent -> worker
+    /// version u16, maxTasks varint (0: none), hasInitializer u8, [task name, payload]
+    case configure = 1
+    /// item id varint, call count varint, calls (task name, payload)
+    case run = 2
+    /// finish what was sent, say goodbye, exit 0
+    case exit = 3
+    // worker -> parent
+    /// version u16, pid varint, initializer ok u8, [outcome of the initializer]
+    case hello = 101
+    /// item id varint, run time ns varint, outcome count varint, outcomes
+    case results = 102
+    /// reason varint (`GoodbyeReason`)
+    case goodbye = 104
+}
+
+/// Why a worker leaves cleanly.
+package enum GoodbyeReason: UInt64, Sendable {
+    case maxTasksReached = 1
+    case exitRequested = 2
+}
+
+/// A frame that cannot be accepted.
+package struct ProtocolViolation: Error, CustomStringConvertible, Sendable {
+    package var description: String
+    package init(_ description: String) { self.description = description }
+}
+
+/// Builds frames: reserves the length, lets the caller write the body, patches.
+package struct FrameBuilder {
+    package var writer: ByteWriter
+    private var start = 0
+
+    package init(capacity: Int = 256) { writer = ByteWriter(capacity: capacity) }
+
+    /// Starts a frame of `kind` (frames may be appended back to back).
+    package mutating func begin(_ kind: FrameKind) {
+        start = writer.count
+        writer.write(UInt32(0))
+        writer.write(kind.rawValue)
+    }
+
+    /// Patches the length of the frame begun last.
+    package mutating func end() throws {
+        let length = writer.count - start - WireProtocol.headerBytes
+        guard length <= WireProtocol.maxFrameBytes else {
+            throw ProtocolViolation("a frame of \(length) bytes exceeds the limit of \(WireProtocol.maxFrameBytes)")
+        }
+        writer.patch(UInt32(length), at: start)
+    }
+
+    /// Writes a u32-length-prefixed payload produced by `body`.
+    package mutating func writePayload(_ body: (inout ByteWriter) throws -> Void) rethrows {
+        let mark = writer.count
+        writer.write(UInt32(0))
+        try body(&writer)
+        writer.patch(UInt32(writer.count - mark - 4), at: mark)
+    }
+
+    /// The bytes built so far; the builder is emptied.
+    package mutating func take() -> [UInt8] {
+        defer { writer = ByteWriter(capacity: 256); start = 0 }
+        return writer.bytes
+    }
+
+    package var count: Int { writer.count }
+}
+
+extension ByteReader {
+    /// Reads a u32-length-prefixed payload.
+    package mutating func readPayload() throws -> UnsafeRawBufferPointer {
+        let n = Int(try read(UInt32.self))
+        return try readRaw(n)
+    }
+}

@@ -1,0 +1,142 @@
+import CProcessPoolShim
+import Glibc
+
+/// The worker side of the protocol, for transports: serve a pool over a
+/// connected stream until it says exit, closes the stream, or the worker
+/// reaches its task limit.
+///
+/// Purely synchronous and single-threaded, so it also runs in a child made by
+/// `fork` from a multi-threaded parent. Tasks run on the calling thread.
+public enum ProcessPoolWorker {
+    /// Serves one pool over `descriptor` and returns the process exit status
+    /// to use: 0 after a clean end (exit frame, task limit, parent gone),
+    /// 1 if the initializer failed, 2 on a protocol error.
+    public static func serve(descriptor: Int32, registry: TaskRegistry) -> Int32 {
+        var loop = WorkerLoop(stream: WorkerStream(fd: descriptor), registry: registry)
+        return loop.run()
+    }
+}
+
+/// Flush results at once when tasks take longer than this (ns); batch below.
+private let batchThresholdNanos: Double = 50_000
+
+struct WorkerLoop {
+    var stream: WorkerStream
+    let registry: TaskRegistry
+    let splitter = FrameSplitter(expectPreamble: false)
+    var out = FrameBuilder(capacity: 64 * 1024)
+    var tasksLeft: UInt64 = 0  // 0: unlimited
+    var configured = false
+    var averageNanos: Double = 0
+    var finished: Int32? = nil
+
+    init(stream: WorkerStream, registry: TaskRegistry) {
+        self.stream = stream
+        self.registry = registry
+    }
+
+    mutating func run() -> Int32 {
+        guard WireProtocol.preamble.withUnsafeBytes({ stream.writeAll($0) }) else { return 0 }
+        while true {
+            do {
+                while try splitter.nextFrame({ kind, body in try handle(kind, body) }) {
+                    if let code = finished {
+                        flush()
+                        return code
+                    }
+                }
+            } catch {
+                cpp_log_stderr("ProcessPool worker \(getpid()): \(error)\n")
+                return 2
+            }
+            flush()
+            let n = splitter.fill { stream.read(into: $0) }
+            if n <= 0 { return 0 }  // parent gone (EOF) or stream broken
+        }
+    }
+
+    private mutating func flush() {
+        cpp_flush_stdout()
+        guard out.count > 0 else { return }
+        let bytes = out.take()
+        if !stream.writeAll(bytes) { finished = finished ?? 0 }
+    }
+
+    private mutating func handle(_ kind: FrameKind, _ body: UnsafeRawBufferPointer) throws {
+        var reader = ByteReader(body)
+        switch kind {
+        case .configure:
+            let version = try reader.read(UInt16.self)
+            guard version == WireProtocol.version else {
+                throw ProtocolViolation("parent speaks protocol \(version), worker \(WireProtocol.version)")
+            }
+            tasksLeft = try reader.readVarint()
+            let hasInitializer = try reader.readByte() != 0
+            var initOutcome = ByteWriter()
+            var ok = true
+            if hasInitializer {
+                let name = try reader.readString()
+                let payload = try reader.readPayload()
+                runCall(name: name, payload: payload, into: &initOutcome)
+                ok = initOutcome.bytes.first == OutcomeTag.success.rawValue
+            }
+            configured = true
+            out.begin(.hello)
+            out.writer.write(WireProtocol.version)
+            out.writer.writeVarint(UInt64(getpid()))
+            out.writer.write(UInt8(ok ? 1 : 0))
+            if !ok { out.writer.writeRaw(initOutcome.bytes) }
+            try out.end()
+            if !ok { finished = 1 }
+        case .run:
+            guard configured else { throw ProtocolViolation("run before configure") }
+            let itemID = try reader.readVarint()
+            let count = try reader.readVarint()
+            let started = cpp_monotonic_ns()
+            out.begin(.results)
+            out.writer.writeVarint(itemID)
+            let timeMark = out.count
+            out.writer.write(UInt64(0))  // run time, patched below
+            out.writer.writeVarint(count)
+            for _ in 0..<count {
+                let name = try reader.readString()
+                let payload = try reader.readPayload()
+                runCall(name: name, payload: payload, into: &out.writer)
+            }
+            let elapsed = cpp_monotonic_ns() &- started
+            out.writer.patchUInt64(elapsed, at: timeMark)
+            try out.end()
+            averageNanos = averageNanos == 0 ? Double(elapsed) : averageNanos * 0.8 + Double(elapsed) * 0.2
+            if tasksLeft > 0 {
+                tasksLeft -= 1
+                if tasksLeft == 0 {
+                    goodbye(.maxTasksReached)
+                    return
+                }
+            }
+            if averageNanos > batchThresholdNanos || out.count > 1 << 20 { flush() }
+        case .exit:
+            goodbye(.exitRequested)
+        case .hello, .results, .goodbye:
+            throw ProtocolViolation("unexpected frame \(kind) from the parent")
+        }
+    }
+
+    private mutating func goodbye(_ reason: GoodbyeReason) {
+        out.begin(.goodbye)
+        out.writer.writeVarint(reason.rawValue)
+        try? out.end()
+        finished = 0
+    }
+
+    /// Runs one call and appends its outcome (tag + data) to `into`.
+    private func runCall(name: String, payload: UnsafeRawBufferPointer, into writer: inout ByteWriter) {
+        guard let runner = registry.runners[name] else {
+            writeRemoteError(typeName: "ProcessPool.UnregisteredTask",
+                             message: "task '\(name)' is not registered in this worker's bootstrap(TaskRegistry)",
+                             into: &writer)
+            return
+        }
+        runner(payload, registry, &writer)
+    }
+}

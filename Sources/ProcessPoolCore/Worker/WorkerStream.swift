@@ -1,0 +1,48 @@
+import CProcessPoolShim
+import Glibc
+
+/// The worker's blocking side of the stream: whole writes, EINTR-safe reads.
+struct WorkerStream {
+    let fd: Int32
+    private var isSocket = true
+
+    init(fd: Int32) {
+        self.fd = fd
+        _ = cpp_set_nonblocking(fd, 0)
+        _ = cpp_set_cloexec(fd, 1)
+    }
+
+    /// Writes all of `bytes`; false if the parent is gone.
+    mutating func writeAll(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let base = bytes.baseAddress! + offset
+            let left = bytes.count - offset
+            var n = isSocket ? cpp_send_nosignal(fd, base, left) : Glibc.write(fd, base, left)
+            if n < 0 && errno == ENOTSOCK && isSocket {
+                isSocket = false
+                signal(SIGPIPE, SIG_IGN)
+                n = Glibc.write(fd, base, left)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            offset += n
+        }
+        return true
+    }
+
+    mutating func writeAll(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { writeAll($0) }
+    }
+
+    /// Reads into `buffer`; 0 at EOF, -1 on error.
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            return n
+        }
+    }
+}

@@ -1,0 +1,215 @@
+import Glibc
+import ProcessPool
+
+/// Returns its input.
+public struct Echo: ProcessTask {
+    public var value: Int
+    public init(_ value: Int) { self.value = value }
+    public func run() -> Int { value }
+}
+
+/// Returns the bytes it was given.
+public struct EchoBytes: ProcessTask {
+    public var bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public func run() -> [UInt8] { bytes }
+}
+
+/// Returns a buffer of `count` bytes whose byte i is `UInt8(i % 251)`.
+public struct MakeBytes: ProcessTask {
+    public var count: Int
+    public init(count: Int) { self.count = count }
+    public func run() -> [UInt8] { (0..<count).map { UInt8($0 % 251) } }
+}
+
+/// Squares a number.
+public struct Square: ProcessTask {
+    public var value: Int
+    public init(_ value: Int) { self.value = value }
+    public func run() -> Int { value * value }
+}
+
+/// The worker's pid.
+public struct GetPID: ProcessTask {
+    public init() {}
+    public func run() -> Int32 { getpid() }
+}
+
+/// Sleeps, then returns the worker's pid.
+public struct SleepTask: ProcessTask {
+    public var milliseconds: Int
+    public init(milliseconds: Int) { self.milliseconds = milliseconds }
+    public func run() -> Int32 {
+        usleep(UInt32(milliseconds * 1000))
+        return getpid()
+    }
+}
+
+/// Blocks until the file at `path` exists (a gate the test opens), then returns.
+public struct WaitForFile: ProcessTask {
+    public var path: String
+    public init(path: String) { self.path = path }
+    public func run() -> Int {
+        while access(path, F_OK) != 0 { usleep(1000) }
+        return Int(getpid())
+    }
+}
+
+/// Creates the file at `path`, then blocks until `gate` exists.
+public struct SignalThenWait: ProcessTask {
+    public var started: String
+    public var gate: String
+    public init(started: String, gate: String) {
+        self.started = started
+        self.gate = gate
+    }
+    public func run() -> Int32 {
+        let fd = open(started, O_CREAT | O_WRONLY, 0o644)
+        if fd >= 0 { close(fd) }
+        while access(gate, F_OK) != 0 { usleep(1000) }
+        return getpid()
+    }
+}
+
+/// An error type the registry knows: it comes back as itself.
+public struct RegisteredFailure: Error, Codable, Equatable {
+    public var code: Int
+    public var note: String
+    public init(code: Int, note: String) {
+        self.code = code
+        self.note = note
+    }
+}
+
+/// An error type the registry does not know: it comes back as `RemoteTaskError`.
+public struct UnregisteredFailure: Error, CustomStringConvertible {
+    public var detail: String
+    public var description: String { "unregistered failure: \(detail)" }
+}
+
+/// Throws a registered or an unregistered error.
+public struct Fail: ProcessTask {
+    public var registered: Bool
+    public var code: Int
+    /// Returns `code` instead of throwing.
+    public var succeed: Bool
+    public init(registered: Bool, code: Int = 7, succeed: Bool = false) {
+        self.registered = registered
+        self.code = code
+        self.succeed = succeed
+    }
+    public func run() throws -> Int {
+        if succeed { return code }
+        if registered { throw RegisteredFailure(code: code, note: "as asked") }
+        throw UnregisteredFailure(detail: "code \(code)")
+    }
+}
+
+/// Ends the worker in a chosen way.
+public struct Die: ProcessTask {
+    public enum How: String, Codable, Sendable { case sigkill, sigsegv, exit3, trap }
+    public var how: How
+    public init(_ how: How) { self.how = how }
+    public func run() -> Int {
+        switch how {
+        case .sigkill: kill(getpid(), SIGKILL)
+        case .sigsegv: kill(getpid(), SIGSEGV)
+        case .exit3: exit(3)
+        case .trap: fatalError("Die(.trap) asked for a trap")
+        }
+        return 0
+    }
+}
+
+/// Prints noise to stdout (which must not disturb the protocol), returns its input.
+public struct Noisy: ProcessTask {
+    public var value: Int
+    public init(_ value: Int) { self.value = value }
+    public func run() -> Int {
+        for i in 0..<200 { print("noise \(i) from task \(value) \u{0}\u{1}PPOOL garbage") }
+        return value
+    }
+}
+
+/// Writes garbage straight into the protocol descriptor, corrupting the stream.
+public struct CorruptStream: ProcessTask {
+    public var descriptor: Int32
+    public init(descriptor: Int32) { self.descriptor = descriptor }
+    public func run() -> Int {
+        let garbage: [UInt8] = [0xff, 0xff, 0xff, 0x7f, 0xee, 1, 2, 3, 4, 5, 6, 7]
+        _ = garbage.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        return 0
+    }
+}
+
+/// Sets a value in the worker that `ReadInitialized` returns (the initializer).
+public struct SetInitialized: ProcessTask {
+    public var value: Int
+    public var fail: Bool
+    public init(value: Int, fail: Bool = false) {
+        self.value = value
+        self.fail = fail
+    }
+    public func run() throws -> Int {
+        if fail { throw RegisteredFailure(code: -1, note: "initializer failed on purpose") }
+        InitializedValue.value = value
+        return value
+    }
+}
+
+/// Returns what the initializer set (0 if it did not run).
+public struct ReadInitialized: ProcessTask {
+    public init() {}
+    public func run() -> Int { InitializedValue.value }
+}
+
+enum InitializedValue {
+    nonisolated(unsafe) static var value = 0
+}
+
+/// A task whose result cannot be encoded.
+public struct Unencodable: ProcessTask {
+    public struct Output: Codable, Sendable {
+        public init(from decoder: any Decoder) throws { self.init() }
+        init() {}
+        public func encode(to encoder: any Encoder) throws {
+            throw EncodingError.invalidValue(0, .init(codingPath: [], debugDescription: "refuses to encode"))
+        }
+    }
+    public init() {}
+    public func run() -> Output { Output() }
+}
+
+/// Counts primes below `below` by trial division.
+public struct CountPrimes: ProcessTask {
+    public var below: Int
+    public init(below: Int) { self.below = below }
+    public func run() -> Int {
+        var count = 0
+        var k = 2
+        while k < below {
+            var d = 2
+            var prime = true
+            while d * d <= k {
+                if k % d == 0 { prime = false; break }
+                d += 1
+            }
+            if prime { count += 1 }
+            k += 1
+        }
+        return count
+    }
+}
+
+/// A task no registry lists.
+public struct NotRegistered: ProcessTask {
+    public init() {}
+    public func run() -> Int { 0 }
+}
+
+/// Everything the tests run, in the test process and in the worker executable.
+public let testRegistry = TaskRegistry(
+    tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
+            WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, CorruptStream.self,
+            SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self],
+    errors: [RegisteredFailure.self])

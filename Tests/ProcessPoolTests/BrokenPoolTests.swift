@@ -1,0 +1,99 @@
+import Foundation
+import PoolTestSupport
+import ProcessPool
+import Testing
+
+@Suite("Broken pool (SEMANTICS D)")
+struct BrokenPoolTests {
+    @Test("D18/D20: a worker killed mid-task breaks the pool, naming the worker and its end",
+          arguments: localMethods, [Die.How.sigkill, .sigsegv, .exit3])
+    func workerDeath(method: StartMethod, how: Die.How) async throws {
+        let gates = GateDirectory()
+        defer { gates.cleanup() }
+        let pool = try makePool(method)
+        let blocked = try pool.submit(WaitForFile(path: gates.file("never")))
+        let reason = await expectBroken { _ = try await pool.submit(Die(how)).value }
+        let expected: String
+        switch how {
+        case .sigkill: expected = "signal SIGKILL"
+        case .sigsegv: expected = "signal SIGSEGV"
+        case .exit3: expected = "exit code 3"
+        case .trap: expected = "signal"
+        }
+        #expect(reason?.contains(expected) == true, "\(reason ?? "")")
+        #expect(reason?.contains("pid") == true)
+        // Every unfinished future fails, the other workers stop, submit refuses.
+        _ = await expectBroken { _ = try await blocked.value }
+        #expect(throws: BrokenProcessPool.self) { try pool.submit(Echo(1)) }
+        pool.shutdown(wait: true)
+    }
+
+    @Test("D18: a trap in a task breaks the pool", arguments: localMethods)
+    func trap(method: StartMethod) async throws {
+        let pool = try makePool(method)
+        let reason = await expectBroken { _ = try await pool.submit(Die(.trap)).value }
+        #expect(reason?.contains("signal") == true)
+        await pool.shutdown()
+    }
+
+    @Test("D19: results that arrived before the death are kept; cancelled stays cancelled",
+          arguments: localMethods)
+    func resultsBeforeDeathSurvive(method: StartMethod) async throws {
+        let gates = GateDirectory()
+        defer { gates.cleanup() }
+        let pool = try makePool(method, maxWorkers: 1)
+        let done = try pool.submit(Echo(7))
+        #expect(try await done.value == 7)
+        let blocker = try pool.submit(SignalThenWait(started: gates.file("started"), gate: gates.file("go")))
+        #expect(eventually { gates.exists("started") })
+        _ = try pool.submit(Echo(0))
+        let cancelled = try pool.submit(Echo(1))
+        #expect(cancelled.cancel())
+        let dying = try pool.submit(Die(.sigkill))
+        gates.open("go")
+        _ = try await blocker.value
+        _ = await expectBroken { _ = try await dying.value }
+        #expect(try done.result() == 7)
+        #expect(cancelled.isCancelled)
+    }
+
+    @Test("D18: a failing initializer breaks the pool", arguments: localMethods)
+    func failingInitializer(method: StartMethod) async throws {
+        let pool = try makePool(method, initializer: SetInitialized(value: 1, fail: true))
+        let reason = await expectBroken { _ = try await pool.submit(Echo(1)).value }
+        #expect(reason?.contains("initializer") == true, "\(reason ?? "")")
+        await pool.shutdown()
+    }
+
+    @Test("D21/C17: garbage on the stream breaks the pool cleanly", arguments: localMethods)
+    func garbageOnStream(method: StartMethod) async throws {
+        let pool = try makePool(method, maxWorkers: 1)
+        // Descriptor 3 is the protocol stream in spawned and forkserver
+        // workers; fork workers keep their socketpair end: find it by asking.
+        let fd: Int32 = method.name == "fork" ? -1 : 3
+        if fd < 0 {
+            // Write garbage on every socket the fork child has above stdio.
+            let futures = try (3..<64).map { try pool.submit(CorruptStream(descriptor: Int32($0))) }
+            var broke = false
+            for f in futures {
+                do { _ = try await f.value } catch is BrokenProcessPool { broke = true }
+            }
+            #expect(broke)
+        } else {
+            let reason = await expectBroken { _ = try await pool.submit(CorruptStream(descriptor: fd)).value }
+            #expect(reason?.contains("malformed") == true || reason?.contains("frame") == true, "\(reason ?? "")")
+        }
+        #expect(throws: BrokenProcessPool.self) { try pool.submit(Echo(1)) }
+        await pool.shutdown()
+    }
+
+    @Test("D21: a crash while a large payload is in flight gives a clean break", arguments: localMethods)
+    func crashWithLargePayload(method: StartMethod) async throws {
+        let pool = try makePool(method, maxWorkers: 1)
+        let dying = try pool.submit(Die(.sigkill))
+        let big = try pool.submit(EchoBytes([UInt8](repeating: 7, count: 32 << 20)))
+        _ = await expectBroken { _ = try await dying.value }
+        _ = await expectBroken { _ = try await big.value }
+        await pool.shutdown()
+    }
+}

@@ -1,0 +1,86 @@
+import PoolTestSupport
+import ProcessPool
+import Testing
+
+@Suite("Construction (SEMANTICS A)")
+struct ConstructionTests {
+    @Test("A1: maxWorkers nil is the usable CPU count; <= 0 is refused")
+    func maxWorkersDefaults() throws {
+        let pool = try ProcessPoolExecutor(context: .spawn, tasks: testRegistry)
+        #expect(pool.maxWorkers == ProcessPoolExecutor.usableCPUCount)
+        #expect(pool.maxWorkers >= 1)
+        for bad in [0, -1] {
+            #expect(throws: ProcessPoolError.invalidMaxWorkers(bad)) {
+                try ProcessPoolExecutor(maxWorkers: bad, tasks: testRegistry)
+            }
+        }
+        #expect(ProcessPoolError.invalidMaxWorkers(0).description.contains("max_workers must be greater than 0"))
+    }
+
+    @Test("A2: maxTasksPerChild <= 0 and with fork are refused; alone it means spawn")
+    func maxTasksPerChildValidation() throws {
+        #expect(throws: ProcessPoolError.invalidOption("max_tasks_per_child must be >= 1")) {
+            try ProcessPoolExecutor(tasks: testRegistry, maxTasksPerChild: 0)
+        }
+        do {
+            _ = try ProcessPoolExecutor(context: .fork, tasks: testRegistry, maxTasksPerChild: 2)
+            Issue.record("fork with maxTasksPerChild was accepted")
+        } catch let ProcessPoolError.invalidOption(why) {
+            #expect(why.contains("fork"))
+        }
+        let pool = try ProcessPoolExecutor(tasks: testRegistry, maxTasksPerChild: 3)
+        #expect(pool.startMethod.name == "spawn")
+    }
+
+    @Test("A3: no context means forkserver")
+    func defaultContext() throws {
+        let pool = try ProcessPoolExecutor(tasks: testRegistry)
+        #expect(pool.startMethod.name == "forkserver")
+    }
+
+    @Test("A4: the constructor starts no process")
+    func constructorStartsNothing() throws {
+        let before = childPIDs()
+        let pools = try (0..<5).map { _ in try makePool(.spawn(executable: TestEnvironment.workerExecutable)) }
+        #expect(childPIDs().subtracting(before).isEmpty)
+        withExtendedLifetime(pools) {}
+    }
+
+    @Test("StartMethod(named:) knows the three local methods and refuses others")
+    func startMethodNames() throws {
+        for name in ["fork", "spawn", "forkserver"] {
+            #expect(try StartMethod(named: name).name == name)
+        }
+        #expect(throws: ProcessPoolError.invalidStartMethod("thread")) { try StartMethod(named: "thread") }
+    }
+
+    @Test("An unregistered task or initializer is refused in the parent")
+    func unregisteredTask() throws {
+        let pool = try makePool(.spawn(executable: TestEnvironment.workerExecutable))
+        #expect(throws: ProcessPoolError.unregisteredTask("NotRegistered")) { try pool.submit(NotRegistered()) }
+        #expect(throws: ProcessPoolError.unregisteredTask("NotRegistered")) {
+            try ProcessPoolExecutor(tasks: testRegistry, initializer: NotRegistered())
+        }
+        #expect(throws: ProcessPoolError.invalidOption("chunksize must be >= 1.")) {
+            try pool.map([Echo(1)], chunkSize: 0)
+        }
+        pool.shutdown(wait: true)
+    }
+}
+
+/// The pids of this process's children (from /proc).
+func childPIDs() -> Set<Int32> {
+    let me = getpid()
+    var result = Set<Int32>()
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return result }
+    for entry in entries {
+        guard let pid = Int32(entry),
+              let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { continue }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        if fields.count > 2, Int32(fields[1]) == me { result.insert(pid) }
+    }
+    return result
+}
+
+import Foundation

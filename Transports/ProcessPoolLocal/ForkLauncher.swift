@@ -1,0 +1,67 @@
+import CProcessPoolShim
+import Glibc
+import ProcessPoolCore
+
+/// The `fork` start method: every worker is forked from this process at the
+/// pool's first submit and serves the pool's registry directly.
+///
+/// Forking a multi-threaded process copies only the forking thread: a lock
+/// another thread held stays locked in the child. The worker loop is purely
+/// synchronous for that reason, but prefer `forkserver` or `spawn` when the
+/// program runs threads of its own.
+struct ForkLauncher: WorkerLauncher {
+    var name: String { "fork" }
+    var startsAllWorkersAtOnce: Bool { true }
+    var supportsMaxTasksPerChild: Bool { false }
+
+    func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
+        ForkSession(registry: pool.registry)
+    }
+}
+
+struct ForkSession: LaunchSession {
+    let registry: TaskRegistry
+
+    func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
+        let registry = self.registry
+        LauncherThread.shared.enqueue {
+            completion(Result { try forkWorker(registry: registry) })
+        }
+    }
+
+    func close() {}
+}
+
+/// Forks a child that serves `registry` over a new channel; returns our side.
+func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
+    let channel = try Channel.make()
+    let inherited = ParentDescriptors.snapshot()
+    let parent = getpid()
+    cpp_flush_all()
+    let pid = cpp_fork()
+    if pid == 0 {
+        tieLifetimeToParent(parent)
+        _ = Glibc.close(channel.parentEnd)
+        for fd in inherited { _ = Glibc.close(fd) }
+        let code = ProcessPoolWorker.serve(descriptor: channel.childEnd, registry: registry)
+        cpp_flush_all()
+        cpp_exit_now(code)
+    }
+    guard pid > 0 else {
+        closeDescriptor(channel.parentEnd)
+        closeDescriptor(channel.childEnd)
+        throw SystemError("fork")
+    }
+    closeDescriptor(channel.childEnd)
+    let pidfd: Int32
+    do {
+        pidfd = try openPidfd(pid)
+    } catch {
+        _ = Glibc.kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        closeDescriptor(channel.parentEnd)
+        throw error
+    }
+    return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd, startMethod: "fork")
+}

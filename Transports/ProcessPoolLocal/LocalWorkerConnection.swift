@@ -1,0 +1,85 @@
+import CProcessPoolShim
+import Glibc
+import ProcessPoolCore
+import Synchronization
+
+/// A worker that is a child process of this one: its stream is our end of a
+/// socketpair, its exit descriptor a pidfd, and `waitpid` reaps it.
+final class LocalWorkerConnection: WorkerConnection {
+    let pid: pid_t
+    let streamDescriptor: Int32
+    let exitDescriptor: Int32
+    let label: String
+    private let reaped = Mutex<WorkerExit?>(nil)
+
+    init(pid: pid_t, stream: Int32, pidfd: Int32, startMethod: String) {
+        self.pid = pid
+        self.streamDescriptor = stream
+        self.exitDescriptor = pidfd
+        self.label = "pid \(pid) on localhost"
+        ParentDescriptors.insert(stream)
+        ParentDescriptors.insert(pidfd)
+    }
+
+    func collectExit() -> WorkerExit? {
+        reaped.withLock { exit in
+            if let exit { return exit }
+            var status: Int32 = 0
+            var result: pid_t
+            repeat { result = waitpid(pid, &status, WNOHANG) } while result < 0 && errno == EINTR
+            if result == 0 { return nil }
+            if result < 0 {
+                exit = .lost("exit status unavailable (\(SystemError("waitpid")))")
+            } else if cpp_wifsignaled(status) != 0 {
+                exit = .signaled(cpp_wtermsig(status))
+            } else {
+                exit = .exited(cpp_wexitstatus(status))
+            }
+            return exit
+        }
+    }
+
+    func terminate() { send(SIGTERM) }
+    func kill() { send(SIGKILL) }
+
+    private func send(_ signal: Int32) {
+        reaped.withLock { exit in
+            guard exit == nil else { return }
+            if cpp_pidfd_send_signal(exitDescriptor, signal) != 0 && errno == ENOSYS {
+                _ = Glibc.kill(pid, signal)
+            }
+        }
+    }
+
+    func close() {
+        ParentDescriptors.remove(streamDescriptor)
+        ParentDescriptors.remove(exitDescriptor)
+        closeDescriptor(streamDescriptor)
+        closeDescriptor(exitDescriptor)
+    }
+}
+
+/// A connected socketpair: our end and the child's end, both close-on-exec.
+struct Channel {
+    let parentEnd: Int32
+    let childEnd: Int32
+
+    static func make() throws -> Channel {
+        var fds: [Int32] = [-1, -1]
+        guard cpp_socketpair_cloexec(&fds) == 0 else { throw SystemError("socketpair") }
+        // Larger buffers: fewer wake-ups for large payloads.
+        var size: Int32 = 1 << 20
+        for fd in fds {
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        return Channel(parentEnd: fds[0], childEnd: fds[1])
+    }
+}
+
+/// Opens a pidfd for a child we just started.
+func openPidfd(_ pid: pid_t) throws -> Int32 {
+    let fd = cpp_pidfd_open(pid)
+    guard fd >= 0 else { throw SystemError("pidfd_open") }
+    return fd
+}
