@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -231,4 +232,75 @@ void cpp_log_stderr(const char *message) {
         message += n;
         len -= (size_t)n;
     }
+}
+
+int cpp_random_bytes(void *buf, size_t len) {
+    unsigned char *p = buf;
+    size_t done = 0;
+#ifdef SYS_getrandom
+    while (done < len) {
+        long n = syscall(SYS_getrandom, p + done, len - done, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        done += (size_t)n;
+    }
+    if (done == len) return 0;
+#endif
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    while (done < len) {
+        ssize_t n = read(fd, p + done, len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) { close(fd); return -1; }
+        done += (size_t)n;
+    }
+    close(fd);
+    return 0;
+}
+
+static int cpp_abstract_address(struct sockaddr_un *addr, const void *name, size_t len, socklen_t *addr_len) {
+    if (len == 0 || len + 1 > sizeof addr->sun_path) { errno = ENAMETOOLONG; return -1; }
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    memcpy(addr->sun_path + 1, name, len);
+    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len);
+    return 0;
+}
+
+int cpp_unix_listen_abstract(const void *name, size_t len, int backlog) {
+    struct sockaddr_un addr;
+    socklen_t addr_len;
+    if (cpp_abstract_address(&addr, name, len, &addr_len) != 0) return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&addr, addr_len) != 0 || listen(fd, backlog) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int cpp_unix_connect_abstract(const void *name, size_t len) {
+    struct sockaddr_un addr;
+    socklen_t addr_len;
+    if (cpp_abstract_address(&addr, name, len, &addr_len) != 0) return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int rc;
+    do { rc = connect(fd, (struct sockaddr *)&addr, addr_len); } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int cpp_accept_nonblocking(int listener) {
+    return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }

@@ -1,5 +1,6 @@
 import Glibc
 import ProcessPool
+import ProcessPoolCore
 
 /// Returns its input.
 public struct Echo: ProcessTask {
@@ -131,11 +132,11 @@ public struct Noisy: ProcessTask {
     }
 }
 
-/// Writes garbage straight into the protocol descriptor, corrupting the stream.
+/// Writes garbage straight into the worker's protocol stream.
 public struct CorruptStream: ProcessTask {
-    public var descriptor: Int32
-    public init(descriptor: Int32) { self.descriptor = descriptor }
+    public init() {}
     public func run() -> Int {
+        let descriptor = ProcessPoolWorker.activeDescriptor
         let garbage: [UInt8] = [0xff, 0xff, 0xff, 0x7f, 0xee, 1, 2, 3, 4, 5, 6, 7]
         _ = garbage.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         return 0

@@ -1,12 +1,43 @@
 import ProcessPoolCore
 
-// Placeholder until the forkserver lands: forkserver starts workers like spawn.
 extension StartMethod {
-    /// The forkserver start method.
-    public static var forkserver: StartMethod { .spawn }
-    /// The forkserver start method with a given executable.
-    public static func forkserver(executable: String) -> StartMethod { .spawn(executable: executable) }
+    /// One server process per program run, started on first use as a run of
+    /// this executable, forks every worker: workers start in about the time
+    /// of a fork, from a small single-threaded process rather than from this
+    /// (possibly multi-threaded) one. The default start method.
+    public static var forkserver: StartMethod { forkserver(executable: ProcessSpawner.currentExecutable) }
+
+    /// The forkserver start method with the server running `executable`,
+    /// whose `main` must call `ProcessPoolExecutor.bootstrap` with the same
+    /// registry (useful when this process cannot be its own worker, e.g. a
+    /// test runner). One server per executable path serves every pool.
+    public static func forkserver(executable: String) -> StartMethod {
+        StartMethod(launcher: ForkServerLauncher(executable: executable))
+    }
 }
 
-/// Runs the fork server on `descriptor`; returns the exit status.
-public func runForkServer(descriptor: Int32, registry: TaskRegistry) -> Int32 { 2 }
+/// The `forkserver` start method: workers are forked by a server process
+/// shared by every pool of this program (see `ForkServers`).
+struct ForkServerLauncher: WorkerLauncher {
+    let executable: String
+    var name: String { "forkserver" }
+
+    func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
+        ForkServerSession(executable: executable)
+    }
+}
+
+/// A pool's use of the forkserver. The server outlives the pool: `close()`
+/// releases nothing.
+struct ForkServerSession: LaunchSession {
+    let executable: String
+
+    func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
+        let executable = self.executable
+        LauncherThread.shared.enqueue {
+            completion(Result { try ForkServerClient.startWorker(executable: executable) })
+        }
+    }
+
+    func close() {}
+}

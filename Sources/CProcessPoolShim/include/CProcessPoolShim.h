@@ -63,4 +63,16 @@ uint64_t cpp_monotonic_ns(void);
 /// The CPUs this process may run on (sched_getaffinity), or -1.
 int cpp_affinity_cpu_count(void);
 
+/// Fills `buf` with `len` random bytes (getrandom, else /dev/urandom). 0 or -1.
+int cpp_random_bytes(void *buf, size_t len);
+/// A non-blocking, close-on-exec Unix stream socket listening on the
+/// abstract-namespace address `name` (`len` bytes, no leading NUL).
+int cpp_unix_listen_abstract(const void *name, size_t len, int backlog);
+/// A non-blocking, close-on-exec Unix stream socket connected to the
+/// abstract-namespace address `name`. -1 with errno (ECONNREFUSED: nobody
+/// listens; EAGAIN: the listener's backlog is full).
+int cpp_unix_connect_abstract(const void *name, size_t len);
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int cpp_accept_nonblocking(int listener);
+
 #endif

@@ -117,21 +117,21 @@ extension _EncodingContext {
         } else if T.self == Double.self {
             writeDouble(_identityCast(value, to: Double.self))
         } else if T.self == Bool.self {
-            writer.write(_identityCast(value, to: Bool.self) ? BinaryTag.true : BinaryTag.false)
+            state.pointee.writer.write(_identityCast(value, to: Bool.self) ? BinaryTag.true : BinaryTag.false)
         } else if T.self == [UInt8].self {
             let array = _identityCast(value, to: [UInt8].self)
-            writer.write(BinaryTag.bytes)
-            writer.writeVarint(UInt64(array.count))
-            array.withUnsafeBufferPointer { writer.bytes.append(contentsOf: $0) }
+            state.pointee.writer.write(BinaryTag.bytes)
+            state.pointee.writer.writeVarint(UInt64(array.count))
+            array.withUnsafeBufferPointer { state.pointee.writer.bytes.append(contentsOf: $0) }
         } else if encodePackedFastPath(value) {
             return true
         } else {
             #if canImport(FoundationEssentials)
             if T.self == Data.self {
                 let data = _identityCast(value, to: Data.self)
-                writer.write(BinaryTag.bytes)
-                writer.writeVarint(UInt64(data.count))
-                data.withUnsafeBytes { writer.bytes.append(contentsOf: $0.assumingMemoryBound(to: UInt8.self)) }
+                state.pointee.writer.write(BinaryTag.bytes)
+                state.pointee.writer.writeVarint(UInt64(data.count))
+                data.withUnsafeBytes { state.pointee.writer.bytes.append(contentsOf: $0.assumingMemoryBound(to: UInt8.self)) }
                 return true
             }
             #endif
@@ -169,10 +169,10 @@ extension _EncodingContext {
     /// Tag, element count, then the elements' memory in one copy.
     @inline(__always)
     private func writePacked<E: BitwiseCopyable>(_ array: [E], tag: UInt8) {
-        writer.write(tag)
-        writer.writeVarint(UInt64(array.count))
+        state.pointee.writer.write(tag)
+        state.pointee.writer.writeVarint(UInt64(array.count))
         array.withUnsafeBytes { raw in
-            writer.bytes.append(contentsOf: raw.assumingMemoryBound(to: UInt8.self))
+            state.pointee.writer.bytes.append(contentsOf: raw.assumingMemoryBound(to: UInt8.self))
         }
     }
 }
@@ -180,67 +180,80 @@ extension _EncodingContext {
 // MARK: - Decoding fast paths
 
 extension _DecodingContext {
-    /// Reads the types that have a dedicated representation; returns nil for
-    /// every other type, and for a packed type that was encoded generically.
+    /// Whether `decodeFastPath` reads a `T` at `offset`: true for the types with
+    /// a dedicated representation, false otherwise and for a packed type that
+    /// was encoded generically (then `init(from:)` reads it).
     @inline(__always)
-    func decodeFastPath<T: Decodable>(_: T.Type, at offset: Int) throws -> (T, Int)? {
+    func hasFastPath<T: Decodable>(_: T.Type, at offset: Int) throws -> Bool {
+        if T.self == String.self || T.self == Int.self || T.self == Double.self || T.self == Bool.self { return true }
+        if T.self == [UInt8].self { return try tag(at: offset) == BinaryTag.bytes }
+        #if canImport(FoundationEssentials)
+        if T.self == Data.self { return try tag(at: offset) == BinaryTag.bytes }
+        #endif
+        #if _endian(little)
+        if T.self == [Int].self || T.self == [Int64].self { return try tag(at: offset) == BinaryTag.packedI64 }
+        if T.self == [Double].self { return try tag(at: offset) == BinaryTag.packedF64 }
+        if T.self == [Int32].self { return try tag(at: offset) == BinaryTag.packedI32 }
+        if T.self == [UInt64].self { return try tag(at: offset) == BinaryTag.packedU64 }
+        if T.self == [UInt32].self { return try tag(at: offset) == BinaryTag.packedU32 }
+        if T.self == [Float].self { return try tag(at: offset) == BinaryTag.packedF32 }
+        #endif
+        return false
+    }
+
+    /// Reads a `T` for which `hasFastPath` returned true.
+    @inline(__always)
+    func decodeFastPath<T: Decodable>(_: T.Type, at offset: Int, end: inout Int) throws -> T {
         if T.self == String.self {
-            let (value, end) = try readString(at: offset)
-            return (_identityCast(value, to: T.self), end)
+            let (value, next) = try readString(at: offset)
+            end = next
+            return _identityCast(value, to: T.self)
         } else if T.self == Int.self {
-            let (value, end) = try readInteger(Int.self, at: offset)
-            return (_identityCast(value, to: T.self), end)
+            let (value, next) = try readInteger(Int.self, at: offset)
+            end = next
+            return _identityCast(value, to: T.self)
         } else if T.self == Double.self {
-            let (value, end) = try readDouble(at: offset)
-            return (_identityCast(value, to: T.self), end)
+            let (value, next) = try readDouble(at: offset)
+            end = next
+            return _identityCast(value, to: T.self)
         } else if T.self == Bool.self {
-            let (value, end) = try readBool(at: offset)
-            return (_identityCast(value, to: T.self), end)
+            let (value, next) = try readBool(at: offset)
+            end = next
+            return _identityCast(value, to: T.self)
         } else if T.self == [UInt8].self {
-            guard try tag(at: offset) == BinaryTag.bytes else { return nil }
             let (count, start) = try readCount(at: offset + 1, elementSize: 1)
-            let array = Array(UnsafeRawBufferPointer(start: base + start, count: count))
-            return (_identityCast(array, to: T.self), start + count)
+            end = start + count
+            return _identityCast(Array(UnsafeRawBufferPointer(start: base + start, count: count)), to: T.self)
         }
         #if canImport(FoundationEssentials)
         if T.self == Data.self {
-            guard try tag(at: offset) == BinaryTag.bytes else { return nil }
             let (count, start) = try readCount(at: offset + 1, elementSize: 1)
-            let data = Data(bytes: base + start, count: count)
-            return (_identityCast(data, to: T.self), start + count)
+            end = start + count
+            return _identityCast(Data(bytes: base + start, count: count), to: T.self)
         }
         #endif
         #if _endian(little)
-        if T.self == [Int].self {
-            return try readPacked(Int.self, tag: BinaryTag.packedI64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        } else if T.self == [Double].self {
-            return try readPacked(Double.self, tag: BinaryTag.packedF64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        } else if T.self == [Int64].self {
-            return try readPacked(Int64.self, tag: BinaryTag.packedI64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        } else if T.self == [Int32].self {
-            return try readPacked(Int32.self, tag: BinaryTag.packedI32, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        } else if T.self == [UInt64].self {
-            return try readPacked(UInt64.self, tag: BinaryTag.packedU64, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        } else if T.self == [UInt32].self {
-            return try readPacked(UInt32.self, tag: BinaryTag.packedU32, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        } else if T.self == [Float].self {
-            return try readPacked(Float.self, tag: BinaryTag.packedF32, at: offset).map { (_identityCast($0.0, to: T.self), $0.1) }
-        }
+        if T.self == [Int].self { return _identityCast(try readPacked(Int.self, at: offset, end: &end), to: T.self) }
+        if T.self == [Double].self { return _identityCast(try readPacked(Double.self, at: offset, end: &end), to: T.self) }
+        if T.self == [Int64].self { return _identityCast(try readPacked(Int64.self, at: offset, end: &end), to: T.self) }
+        if T.self == [Int32].self { return _identityCast(try readPacked(Int32.self, at: offset, end: &end), to: T.self) }
+        if T.self == [UInt64].self { return _identityCast(try readPacked(UInt64.self, at: offset, end: &end), to: T.self) }
+        if T.self == [UInt32].self { return _identityCast(try readPacked(UInt32.self, at: offset, end: &end), to: T.self) }
+        if T.self == [Float].self { return _identityCast(try readPacked(Float.self, at: offset, end: &end), to: T.self) }
         #endif
-        return nil
+        preconditionFailure("decodeFastPath called for \(T.self) without a fast path")
     }
 
-    /// Reads a packed array in one copy; nil if the value is not packed with `tag`.
+    /// Reads a packed array (tag already checked) in one copy.
     @inline(__always)
-    private func readPacked<E: BitwiseCopyable>(_: E.Type, tag expected: UInt8, at offset: Int) throws -> ([E], Int)? {
-        guard try tag(at: offset) == expected else { return nil }
+    private func readPacked<E: BitwiseCopyable>(_: E.Type, at offset: Int, end: inout Int) throws -> [E] {
         let size = MemoryLayout<E>.stride
         let (count, start) = try readCount(at: offset + 1, elementSize: size)
         let source = UnsafeRawBufferPointer(start: base + start, count: count * size)
-        let array = [E](unsafeUninitializedCapacity: count) { buffer, initialized in
+        end = start + count * size
+        return [E](unsafeUninitializedCapacity: count) { buffer, initialized in
             UnsafeMutableRawBufferPointer(buffer).copyMemory(from: source)
             initialized = count
         }
-        return (array, start + count * size)
     }
 }

@@ -12,8 +12,9 @@ package struct BinaryDecoder: Sendable {
         guard let base = bytes.baseAddress, !bytes.isEmpty else {
             throw _DecodingContext.corrupted("empty input")
         }
-        let context = _DecodingContext(base: base, count: bytes.count)
-        let (value, end) = try context.decodeValue(T.self, at: 0)
+        let context = _DecodingContext.make(base: base, count: bytes.count)
+        var end = 0
+        let value = try withExtendedLifetime(context) { try context.decodeValue(T.self, at: 0, end: &end) }
         guard end == bytes.count else {
             throw _DecodingContext.corrupted("\(bytes.count - end) trailing bytes after the value")
         }
@@ -29,28 +30,45 @@ package struct BinaryDecoder: Sendable {
     }
 }
 
-/// The input and the state shared by every decoder and container of one
-/// `decode` call. Reads take an offset and return the value with the offset
-/// just past it, so containers are plain values with no shared cursor.
-final class _DecodingContext {
+/// The input and the mutable state of one `decode` call.
+struct _DecodingState {
     let base: UnsafeRawPointer
     let count: Int
-    private var depth = 0
-    /// Per nesting level, where the keyed container that last used the level
-    /// expects its next key: synthesized code reads keys in the order it wrote
-    /// them, so lookups usually hit without a scan.
-    private var hints: [Hint] = []
-    private var nextID = 0
+    var depth = 0
+    var nextID = 0
+}
 
-    struct Hint {
-        var id: Int
-        var cursor: Int
+/// Where the keyed container `id` expects its next key: synthesized code reads
+/// keys in the order it wrote them, so lookups usually hit without a scan.
+struct _KeyHint {
+    var id: Int
+    var cursor: Int
+}
+
+/// The object shared by every decoder and container of one `decode` call.
+/// Reads take an offset and return the value with the offset just past it, so
+/// containers are plain values with no shared cursor.
+///
+/// The state lives in the `ManagedBuffer` header, reached through a pointer,
+/// which avoids the dynamic exclusivity checks of class stored properties.
+/// The elements are one `_KeyHint` per nesting level (the first `hintLevels`
+/// levels; deeper containers just scan), written before they are read.
+final class _DecodingContext: ManagedBuffer<_DecodingState, _KeyHint> {
+    static let hintLevels = 32
+
+    static func make(base: UnsafeRawPointer, count: Int) -> _DecodingContext {
+        let buffer = create(minimumCapacity: hintLevels) { _ in _DecodingState(base: base, count: count) }
+        return unsafeDowncast(buffer, to: _DecodingContext.self)
     }
 
-    init(base: UnsafeRawPointer, count: Int) {
-        self.base = base
-        self.count = count
-    }
+    @inline(__always)
+    var state: UnsafeMutablePointer<_DecodingState> { withUnsafeMutablePointerToHeader { $0 } }
+    @inline(__always)
+    var hints: UnsafeMutablePointer<_KeyHint> { withUnsafeMutablePointerToElements { $0 } }
+    @inline(__always)
+    var base: UnsafeRawPointer { state.pointee.base }
+    @inline(__always)
+    var count: Int { state.pointee.count }
 
     // MARK: Errors
 
@@ -197,11 +215,21 @@ final class _DecodingContext {
     func readString(at offset: Int) throws -> (String, Int) {
         guard try tag(at: offset) == BinaryTag.string else { throw mismatch(String.self, at: offset) }
         let (length, start) = try readCount(at: offset + 1, elementSize: 1)
-        let utf8 = UnsafeBufferPointer(start: (base + start).assumingMemoryBound(to: UInt8.self), count: length)
-        guard let string = String(validating: utf8, as: UTF8.self) else {
+        guard let string = makeString(at: start, count: length) else {
             throw Self.corrupted("invalid UTF-8 in string at offset \(offset)")
         }
         return (string, start + length)
+    }
+
+    /// A validated string from `count` UTF-8 bytes at `offset` (already bounds-checked).
+    /// ASCII (the common case) skips the generic, unspecialized validating initializer.
+    @inline(__always)
+    func makeString(at offset: Int, count: Int) -> String? {
+        let utf8 = UnsafeBufferPointer(start: (base + offset).assumingMemoryBound(to: UInt8.self), count: count)
+        var high: UInt8 = 0
+        for byte in utf8 { high |= byte }
+        if high < 0x80 { return String(decoding: utf8, as: UTF8.self) }
+        return String(validating: utf8, as: UTF8.self)
     }
 
     // MARK: Structure
@@ -247,34 +275,38 @@ final class _DecodingContext {
         throw mismatch(type, at: offset)
     }
 
-    /// Decodes one complete value; returns it and the offset just past it.
-    func decodeValue<T: Decodable>(_: T.Type, at offset: Int) throws -> (T, Int) {
-        if let result = try decodeFastPath(T.self, at: offset) { return result }
-        guard depth < BinaryCodingLimits.maxDepth else {
+    /// Decodes one complete value and sets `end` just past it.
+    /// (No `(T, Int)` tuple: in unspecialized code it costs a metadata lookup.)
+    func decodeValue<T: Decodable>(_: T.Type, at offset: Int, end: inout Int) throws -> T {
+        if try hasFastPath(T.self, at: offset) { return try decodeFastPath(T.self, at: offset, end: &end) }
+        let s = state
+        guard s.pointee.depth < BinaryCodingLimits.maxDepth else {
             throw Self.corrupted("nesting deeper than \(BinaryCodingLimits.maxDepth) at offset \(offset)")
         }
-        depth += 1
-        defer { depth -= 1 }
+        s.pointee.depth += 1
+        defer { s.pointee.depth -= 1 }
         let value = try T(from: _BinaryDecoderImpl(context: self, offset: offset))
-        return (value, try skipValue(at: offset))
+        end = try skipValue(at: offset)
+        return value
     }
 
     // MARK: Keyed lookup
 
     /// Registers a keyed container and returns (id, hint slot).
     func registerKeyed(start: Int, level: Int? = nil) -> (id: Int, slot: Int) {
-        nextID += 1
-        let slot = level ?? depth
-        guard slot < 2 * BinaryCodingLimits.maxDepth else { return (nextID, -1) }
-        while hints.count <= slot { hints.append(Hint(id: 0, cursor: 0)) }
-        hints[slot] = Hint(id: nextID, cursor: start)
-        return (nextID, slot)
+        let s = state
+        s.pointee.nextID += 1
+        let id = s.pointee.nextID
+        let slot = level ?? s.pointee.depth
+        guard slot < Self.hintLevels else { return (id, -1) }
+        (hints + slot).initialize(to: _KeyHint(id: id, cursor: start))
+        return (id, slot)
     }
 
     /// Records that the container's next key is expected at `cursor`.
     @inline(__always)
     func advance(slot: Int, id: Int, to cursor: Int) {
-        if slot >= 0 { hints[slot] = Hint(id: id, cursor: cursor) }
+        if slot >= 0 { hints[slot] = _KeyHint(id: id, cursor: cursor) }
     }
 
     /// The offset of the value stored under `key`, or nil: tries the hinted
@@ -313,8 +345,7 @@ final class _DecodingContext {
         var offset = start
         while offset < end {
             let (length, keyStart) = try readCount(at: offset, elementSize: 1)
-            let utf8 = UnsafeBufferPointer(start: (base + keyStart).assumingMemoryBound(to: UInt8.self), count: length)
-            guard let key = String(validating: utf8, as: UTF8.self) else {
+            guard let key = makeString(at: keyStart, count: length) else {
                 throw Self.corrupted("invalid UTF-8 in key at offset \(offset)")
             }
             result.append((key, keyStart + length))
@@ -445,7 +476,12 @@ struct _KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try read(key) { try context.readInteger(type, at: $0) } }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try read(key) { try context.readInteger(type, at: $0) } }
     func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try read(key) { try context.readInteger(type, at: $0) } }
-    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T { try read(key) { try context.decodeValue(type, at: $0) } }
+    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
+        var next = 0
+        let value = try context.decodeValue(type, at: try valueOffset(key), end: &next)
+        try finish(next)
+        return value
+    }
 
     func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? { try readIfPresent(key, context.readBool) }
     func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? { try readIfPresent(key, context.readString) }
@@ -464,7 +500,15 @@ struct _KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? { try readIfPresent(key) { try context.readInteger(type, at: $0) } }
     func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? { try readIfPresent(key) { try context.readInteger(type, at: $0) } }
     func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
-        try readIfPresent(key) { try context.decodeValue(type, at: $0) }
+        guard let offset = try locate(key) else { return nil }
+        if try context.tag(at: offset) == BinaryTag.null {
+            try finish(offset + 1)
+            return nil
+        }
+        var next = 0
+        let value = try context.decodeValue(type, at: offset, end: &next)
+        try finish(next)
+        return value
     }
 
     func nestedContainer<NestedKey: CodingKey>(
@@ -559,7 +603,17 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try next(type) { try $0.readInteger(type, at: $1) } }
-    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T { try next(type) { try $0.decodeValue(type, at: $1) } }
+    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
+        guard cursor < end else {
+            throw DecodingError.valueNotFound(type, .init(codingPath: [], debugDescription: "BinaryDecoder: unkeyed container is at its end"))
+        }
+        var next = 0
+        let value = try context.decodeValue(type, at: cursor, end: &next)
+        guard next <= end else { throw _DecodingContext.corrupted("value overruns its container at offset \(cursor)") }
+        cursor = next
+        currentIndex += 1
+        return value
+    }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
         let (start, end) = try next([String: Any].self) { context, offset in
@@ -611,6 +665,7 @@ struct _SingleValueDecoder: SingleValueDecodingContainer {
     /// Skips the `some` prefix the encoder adds before a nested nil.
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
         let start = try context.tag(at: offset) == BinaryTag.some ? offset + 1 : offset
-        return try context.decodeValue(type, at: start).0
+        var end = 0
+        return try context.decodeValue(type, at: start, end: &end)
     }
 }

@@ -30,6 +30,19 @@ package struct ByteWriter: Sendable {
     @inline(__always)
     package mutating func write(_ value: Float) { write(value.bitPattern) }
 
+    /// Writes a tag byte then a little-endian fixed-width value, in one append
+    /// (the generic raw-buffer append costs more than the copy itself).
+    @inline(__always)
+    package mutating func write<I: FixedWidthInteger>(tag: UInt8, _ value: I) {
+        var scratch: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &scratch) { raw in
+            raw[0] = tag
+            raw.storeBytes(of: value.littleEndian, toByteOffset: 1, as: I.self)
+            let start = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            bytes.append(contentsOf: UnsafeBufferPointer(start: start, count: 1 + MemoryLayout<I>.size))
+        }
+    }
+
     /// Writes raw bytes with no length prefix.
     @inline(__always)
     package mutating func writeRaw(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }

@@ -102,6 +102,9 @@ public final class ProcessPoolExecutor: Sendable {
 
     /// Why the pool broke, or nil while it works.
     public var brokenReason: String? { core.brokenReason }
+
+    /// Workers running or starting now (Python's `len(executor._processes)`).
+    public var liveWorkerCount: Int { core.locked { core.liveWorkerCount } }
 }
 
 extension PoolCore {

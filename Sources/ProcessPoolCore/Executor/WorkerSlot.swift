@@ -47,12 +47,13 @@ final class WorkerSlot: @unchecked Sendable {
         _ = cpp_set_nonblocking(stream, 1)
     }
 
-    /// How many items may be in flight: about 200 µs of work, 2 to 64 items.
-    /// Small windows keep `cancel()` meaningful for long tasks; large ones
-    /// keep the pipe full for tiny tasks.
+    /// How many items may be in flight: about 200 µs of work, 1 to 64 items.
+    /// One item at a time until the worker has shown its tasks are short, so
+    /// a long task never holds another back while some worker is free, and
+    /// `cancel()` stays meaningful; many for tiny tasks, to keep the pipe full.
     var window: Int {
-        guard averageNanos > 0 else { return 2 }
-        return max(2, min(64, Int(200_000 / averageNanos)))
+        guard averageNanos > 0 else { return 1 }
+        return max(1, min(64, Int(200_000 / averageNanos)))
     }
 
     var canTakeWork: Bool {

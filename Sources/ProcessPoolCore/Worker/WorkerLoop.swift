@@ -12,9 +12,15 @@ public enum ProcessPoolWorker {
     /// to use: 0 after a clean end (exit frame, task limit, parent gone),
     /// 1 if the initializer failed, 2 on a protocol error.
     public static func serve(descriptor: Int32, registry: TaskRegistry) -> Int32 {
+        activeDescriptor = descriptor
         var loop = WorkerLoop(stream: WorkerStream(fd: descriptor), registry: registry)
         return loop.run()
     }
+}
+
+extension ProcessPoolWorker {
+    /// The descriptor this worker process serves (tests use it to corrupt the stream).
+    package nonisolated(unsafe) static var activeDescriptor: Int32 = -1
 }
 
 /// Flush results at once when tasks take longer than this (ns); batch below.

@@ -1,0 +1,130 @@
+import CProcessPoolShim
+import Glibc
+import ProcessPoolCore
+
+/// Asks a forkserver for workers (on the launcher thread).
+enum ForkServerClient {
+    /// The server could not be reached or died during the request.
+    struct ServerGone: Error, CustomStringConvertible {
+        let pid: pid_t
+        let detail: String
+        var description: String { "the forkserver (pid \(pid)) \(detail)" }
+    }
+
+    /// Starts one worker for `executable`, starting the server first if
+    /// needed. A server found dead is replaced and the request retried once.
+    static func startWorker(executable: String) throws -> any WorkerConnection {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let server = try ForkServers.server(for: executable)
+            do {
+                return try requestWorker(from: server)
+            } catch let gone as ServerGone {
+                ForkServers.discard(server)
+                if attempt >= 2 { throw gone }
+            }
+        }
+    }
+
+    /// One request: a new channel's child end goes to the server, which
+    /// forks a worker on it and answers with its pid and a pidfd.
+    static func requestWorker(from server: ForkServerProcess) throws -> ForkServerWorkerConnection {
+        let deadline = cpp_monotonic_ns() &+ ForkServerProtocol.replyTimeoutNanos
+        let connection = try connect(to: server, deadline: deadline)
+        let channel: Channel
+        do {
+            channel = try Channel.make()
+        } catch {
+            closeDescriptor(connection)
+            throw error
+        }
+        do {
+            let (pid, pidfd) = try exchange(on: connection, channel: channel.childEnd, server: server, deadline: deadline)
+            closeDescriptor(channel.childEnd)
+            return ForkServerWorkerConnection(pid: pid, stream: channel.parentEnd, exitConnection: connection,
+                                              pidfd: pidfd, serverPID: server.pid)
+        } catch {
+            closeDescriptor(channel.childEnd)
+            closeDescriptor(channel.parentEnd)
+            closeDescriptor(connection)
+            throw error
+        }
+    }
+
+    /// Connects to the server's socket (non-blocking; waits out a full backlog).
+    private static func connect(to server: ForkServerProcess, deadline: UInt64) throws -> Int32 {
+        while true {
+            let fd = server.address.withUnsafeBytes { cpp_unix_connect_abstract($0.baseAddress, $0.count) }
+            if fd >= 0 { return fd }
+            let failure = errno
+            if failure == ECONNREFUSED || failure == ENOENT {
+                throw ServerGone(pid: server.pid, detail: "refused the connection (it has died)")
+            }
+            guard failure == EAGAIN, cpp_monotonic_ns() < deadline, !server.hasEnded else {
+                if server.hasEnded { throw ServerGone(pid: server.pid, detail: "has died") }
+                throw SystemError("connect to the forkserver (pid \(server.pid))", errno: failure)
+            }
+            // The backlog is full: the server is busy accepting. Try again shortly.
+            usleep(1000)
+        }
+    }
+
+    /// Sends the request and reads the answer: the worker's pid and pidfd.
+    private static func exchange(on connection: Int32, channel: Int32, server: ForkServerProcess,
+                                 deadline: UInt64) throws -> (pid_t, Int32) {
+        let request = server.key + [ForkServerProtocol.forkWorker]
+        var attached = [channel]
+        var sent: Int
+        repeat {
+            sent = request.withUnsafeBytes { cpp_send_fds(connection, $0.baseAddress, $0.count, &attached, 1) }
+        } while sent < 0 && errno == EINTR
+        guard sent == request.count else {
+            if sent < 0 && (errno == EPIPE || errno == ECONNRESET) {
+                throw ServerGone(pid: server.pid, detail: "closed the connection (it has died)")
+            }
+            throw SystemError("sendmsg to the forkserver (pid \(server.pid))")
+        }
+        var reply: [UInt8] = []
+        var pidfd: Int32 = -1
+        while reply.count < ForkServerProtocol.replyLength {
+            var fds = [pollfd(fd: connection, events: Int16(POLLIN), revents: 0)]
+            let now = cpp_monotonic_ns()
+            guard now < deadline else {
+                closeDescriptor(pidfd)
+                throw SystemError("the forkserver (pid \(server.pid)) did not answer within 30 s", errno: ETIMEDOUT)
+            }
+            let ready = poll(&fds, 1, Int32(min((deadline - now) / 1_000_000 + 1, 1_000)))
+            if ready == 0 || (ready < 0 && errno == EINTR) { continue }
+            var chunk = [UInt8](repeating: 0, count: ForkServerProtocol.replyLength - reply.count)
+            var received: [Int32] = [-1, -1]
+            var count: Int32 = 0
+            let n = chunk.withUnsafeMutableBytes { cpp_recv_fds(connection, $0.baseAddress, $0.count, &received, 2, &count) }
+            for fd in received.prefix(Int(count)) {
+                if pidfd < 0 { pidfd = fd } else { closeDescriptor(fd) }
+            }
+            if n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) { continue }
+            if n <= 0 {
+                closeDescriptor(pidfd)
+                let detail = server.hasEnded ? "died before it answered"
+                    : "closed the connection without an answer"
+                throw ServerGone(pid: server.pid, detail: detail + startHint(server))
+            }
+            reply += chunk.prefix(n)
+        }
+        let pid = Int32(bitPattern: ForkServerProtocol.readLittleEndian(reply[...]))
+        guard pid > 0 else {
+            closeDescriptor(pidfd)
+            throw SystemError("fork in the forkserver (pid \(server.pid))", errno: -pid)
+        }
+        guard pidfd >= 0 else {
+            throw SystemError("the forkserver (pid \(server.pid)) sent no pidfd for worker \(pid)", errno: EPROTO)
+        }
+        return (pid, pidfd)
+    }
+
+    /// A hint when a server never served: its program may not call bootstrap.
+    private static func startHint(_ server: ForkServerProcess) -> String {
+        "; does main() of \(server.executable) call ProcessPoolExecutor.bootstrap first?"
+    }
+}

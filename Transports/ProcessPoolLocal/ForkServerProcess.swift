@@ -1,0 +1,97 @@
+import CProcessPoolShim
+import Glibc
+import ProcessPoolCore
+
+/// A running forkserver as its parent (this process) sees it.
+///
+/// Started on the launcher thread (its `PR_SET_PDEATHSIG` is tied to the
+/// thread that spawns it). The server is our child: `dispose()` reaps it.
+final class ForkServerProcess: Sendable {
+    /// The executable the server runs.
+    let executable: String
+    /// The server's pid.
+    let pid: pid_t
+    /// A pidfd for the server: readable once it has exited.
+    let pidfd: Int32
+    /// Our end of the control socketpair; the server exits at its EOF.
+    let control: Int32
+    /// The abstract-namespace name the server listens on (no leading NUL).
+    let address: [UInt8]
+    /// The key every request must present.
+    let key: [UInt8]
+
+    private init(executable: String, pid: pid_t, pidfd: Int32, control: Int32, address: [UInt8], key: [UInt8]) {
+        self.executable = executable
+        self.pid = pid
+        self.pidfd = pidfd
+        self.control = control
+        self.address = address
+        self.key = key
+    }
+
+    /// Spawns a server running `executable`. Call on the launcher thread.
+    ///
+    /// The listening socket is made here and handed over with the key
+    /// before the spawn, so requests can queue at once: nothing waits for
+    /// the server to come up.
+    static func start(executable: String) throws -> ForkServerProcess {
+        let key = try ForkServerProtocol.makeKey()
+        let address = try ForkServerProtocol.makeAddress()
+        let listener = address.withUnsafeBytes { cpp_unix_listen_abstract($0.baseAddress, $0.count, 128) }
+        guard listener >= 0 else { throw SystemError("listen on the forkserver socket") }
+        defer { closeDescriptor(listener) }
+        let channel = try Channel.make()
+        var attached = [listener]
+        let sent = key.withUnsafeBytes { cpp_send_fds(channel.parentEnd, $0.baseAddress, $0.count, &attached, 1) }
+        guard sent == key.count else {
+            let failure = SystemError("sendmsg to the forkserver")
+            closeDescriptor(channel.parentEnd)
+            closeDescriptor(channel.childEnd)
+            throw failure
+        }
+        let pid: pid_t
+        do {
+            pid = try ProcessSpawner.spawn(executable: executable, role: .forkserver, channel: channel)
+        } catch {
+            closeDescriptor(channel.parentEnd)
+            closeDescriptor(channel.childEnd)
+            throw error
+        }
+        closeDescriptor(channel.childEnd)
+        let pidfd: Int32
+        do {
+            pidfd = try openPidfd(pid)
+        } catch {
+            _ = Glibc.kill(pid, SIGKILL)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            closeDescriptor(channel.parentEnd)
+            throw error
+        }
+        ParentDescriptors.insert(channel.parentEnd)
+        ParentDescriptors.insert(pidfd)
+        return ForkServerProcess(executable: executable, pid: pid, pidfd: pidfd, control: channel.parentEnd,
+                                 address: address, key: key)
+    }
+
+    /// Whether the server has ended or is ending (its pidfd is readable, or
+    /// its end of the control socketpair is closed). Does not block.
+    var hasEnded: Bool {
+        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: control, events: Int16(POLLIN), revents: 0)]
+        while poll(&fds, 2, 0) < 0 && errno == EINTR {}
+        return fds[0].revents != 0 || fds[1].revents != 0
+    }
+
+    /// Stops the server if it still runs, reaps it and closes our
+    /// descriptors. Call once, after removing it from `ForkServers`.
+    func dispose() {
+        _ = cpp_pidfd_send_signal(pidfd, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        ParentDescriptors.remove(control)
+        ParentDescriptors.remove(pidfd)
+        closeDescriptor(control)
+        closeDescriptor(pidfd)
+    }
+}

@@ -1,0 +1,77 @@
+import CProcessPoolShim
+import Glibc
+import ProcessPoolCore
+import Synchronization
+
+/// A worker forked by the forkserver. Its stream is our end of a channel;
+/// its exit descriptor is the request connection, on which the server
+/// writes the exit status once it has reaped the worker (EOF without a
+/// status: the server died). Signals go through a pidfd the server sent.
+final class ForkServerWorkerConnection: WorkerConnection {
+    let pid: pid_t
+    let serverPID: pid_t
+    let streamDescriptor: Int32
+    let exitDescriptor: Int32
+    let pidfd: Int32
+    let label: String
+
+    private struct State {
+        var statusBytes: [UInt8] = []
+        var exit: WorkerExit?
+    }
+    private let state = Mutex(State())
+
+    init(pid: pid_t, stream: Int32, exitConnection: Int32, pidfd: Int32, serverPID: pid_t) {
+        self.pid = pid
+        self.serverPID = serverPID
+        self.streamDescriptor = stream
+        self.exitDescriptor = exitConnection
+        self.pidfd = pidfd
+        self.label = "pid \(pid) on localhost (forkserver pid \(serverPID))"
+        for fd in [stream, exitConnection, pidfd] { ParentDescriptors.insert(fd) }
+    }
+
+    func collectExit() -> WorkerExit? {
+        let (exit, serverLost) = state.withLock { state -> (WorkerExit?, Bool) in
+            if let exit = state.exit { return (exit, false) }
+            var lost = false
+            while state.exit == nil {
+                var chunk = [UInt8](repeating: 0, count: ForkServerProtocol.statusLength - state.statusBytes.count)
+                let n = chunk.withUnsafeMutableBytes { recv(exitDescriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n > 0 {
+                    state.statusBytes += chunk.prefix(n)
+                    if state.statusBytes.count == ForkServerProtocol.statusLength {
+                        state.exit = ForkServerProtocol.decodeStatus(state.statusBytes)
+                            ?? .lost("the forkserver (pid \(serverPID)) sent a malformed exit status")
+                    }
+                    continue
+                }
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
+                // EOF (or a reset) before a status: the server is gone.
+                state.exit = .lost("the forkserver (pid \(serverPID)) died")
+                lost = true
+            }
+            return (state.exit, lost)
+        }
+        if serverLost { ForkServers.reapIfEnded(pid: serverPID) }
+        return exit
+    }
+
+    func terminate() { send(SIGTERM) }
+    func kill() { send(SIGKILL) }
+
+    private func send(_ signal: Int32) {
+        state.withLock { state in
+            guard state.exit == nil else { return }
+            _ = cpp_pidfd_send_signal(pidfd, signal)
+        }
+    }
+
+    func close() {
+        for fd in [streamDescriptor, exitDescriptor, pidfd] {
+            ParentDescriptors.remove(fd)
+            closeDescriptor(fd)
+        }
+    }
+}

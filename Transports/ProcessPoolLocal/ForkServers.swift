@@ -1,0 +1,50 @@
+import Glibc
+import ProcessPoolCore
+import Synchronization
+
+/// The forkservers of this program run: at most one per executable path,
+/// started on first use and replaced when it has died.
+enum ForkServers {
+    private static let servers = Mutex<[String: ForkServerProcess]>([:])
+
+    /// The live server for `executable`, started if there is none (or the
+    /// last one died; that one is reaped). Call on the launcher thread.
+    static func server(for executable: String) throws -> ForkServerProcess {
+        try servers.withLock { servers in
+            if let server = servers[executable] {
+                if !server.hasEnded { return server }
+                servers[executable] = nil
+                server.dispose()
+            }
+            let server = try ForkServerProcess.start(executable: executable)
+            servers[executable] = server
+            return server
+        }
+    }
+
+    /// `server` failed a request: forget it (reaping it) unless a newer one
+    /// has already taken its place.
+    static func discard(_ server: ForkServerProcess) {
+        servers.withLock { servers in
+            guard servers[server.executable] === server else { return }
+            servers[server.executable] = nil
+            server.dispose()
+        }
+    }
+
+    /// A worker's connection reached EOF without a status: if the server
+    /// with `pid` has ended, reap it now rather than at the next launch.
+    static func reapIfEnded(pid: pid_t) {
+        servers.withLock { servers in
+            guard let (executable, server) = servers.first(where: { $0.value.pid == pid }),
+                  server.hasEnded else { return }
+            servers[executable] = nil
+            server.dispose()
+        }
+    }
+
+    /// The current server for `executable`, if one was started (it may have died).
+    static func existing(for executable: String) -> ForkServerProcess? {
+        servers.withLock { $0[executable] }
+    }
+}
