@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "ProcessPool", targets: ["ProcessPool"]),
         .executable(name: "primes", targets: ["Primes"]),
+        .executable(name: "pool-bench", targets: ["PoolBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -39,6 +40,12 @@ let package = Package(
             name: "Primes",
             dependencies: ["ProcessPool"],
             path: "Examples/Primes"
+        ),
+        // The benchmark against CPython: swift run -c release pool-bench
+        .executableTarget(
+            name: "PoolBench",
+            dependencies: ["ProcessPool"],
+            path: "Benchmarks/PoolBench"
         ),
         // Tasks shared by the tests and their worker executable.
         .target(

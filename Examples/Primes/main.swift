@@ -81,28 +81,33 @@ print("start method | workers |  wall (s) | speedup | first result (ms)")
 print("-------------|---------|-----------|---------|------------------")
 print(row("1 process", 1, serialTime, 1.0, nil))
 
-var failures = 0
-for method in [StartMethod.forkserver, .spawn, .fork] {
-    do {
-        let created = now()
-        let pool = try ProcessPoolExecutor(context: method, tasks: registry)
-        _ = try await pool.submit(Ping()).value
-        let firstResult = now() - created
+/// Runs the job on each start method; returns how many failed.
+func runOnEachStartMethod() async -> Int {
+    var failures = 0
+    for method in [StartMethod.forkserver, .spawn, .fork] {
+        do {
+            let created = now()
+            let pool = try ProcessPoolExecutor(context: method, tasks: registry)
+            _ = try await pool.submit(Ping()).value
+            let firstResult = now() - created
 
-        let start = now()
-        var total = 0
-        for try await count in try pool.map(ranges) { total += count }
-        let wall = now() - start
-        await pool.shutdown(cancelFutures: false)
-        guard total == serialCount else {
-            print("\(method): counted \(total), expected \(serialCount)")
+            let start = now()
+            var total = 0
+            for try await count in try pool.map(ranges) { total += count }
+            let wall = now() - start
+            await pool.shutdown()
+            guard total == serialCount else {
+                print("\(method): counted \(total), expected \(serialCount)")
+                failures += 1
+                continue
+            }
+            print(row(method.name, pool.maxWorkers, wall, serialTime / wall, firstResult * 1000))
+        } catch {
+            print("\(method): \(error)")
             failures += 1
-            continue
         }
-        print(row(method.name, pool.maxWorkers, wall, serialTime / wall, firstResult * 1000))
-    } catch {
-        print("\(method): \(error)")
-        failures += 1
     }
+    return failures
 }
-exit(failures == 0 ? 0 : 1)
+
+exit(await runOnEachStartMethod() == 0 ? 0 : 1)

@@ -199,6 +199,12 @@ fail:
 }
 
 pid_t cpp_fork(void) { return fork(); }
+
+void cpp_unblock_all_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
 void cpp_exit_now(int code) { _exit(code); }
 
 uint64_t cpp_monotonic_ns(void) {

@@ -12,7 +12,7 @@ struct BrokenPoolTests {
         defer { gates.cleanup() }
         let pool = try makePool(method)
         let blocked = try pool.submit(WaitForFile(path: gates.file("never")))
-        let reason = await expectBroken { _ = try await pool.submit(Die(how)).value }
+        let reason = await expectBroken { _ = try await settle(pool.submit(Die(how))) }
         let expected: String
         switch how {
         case .sigkill: expected = "signal SIGKILL"
@@ -23,7 +23,7 @@ struct BrokenPoolTests {
         #expect(reason?.contains(expected) == true, "\(reason ?? "")")
         #expect(reason?.contains("pid") == true)
         // Every unfinished future fails, the other workers stop, submit refuses.
-        _ = await expectBroken { _ = try await blocked.value }
+        _ = await expectBroken { _ = try await settle(blocked) }
         #expect(throws: BrokenProcessPool.self) { try pool.submit(Echo(1)) }
         pool.shutdown(wait: true)
     }
@@ -31,7 +31,7 @@ struct BrokenPoolTests {
     @Test("D18: a trap in a task breaks the pool", arguments: localMethods)
     func trap(method: StartMethod) async throws {
         let pool = try makePool(method)
-        let reason = await expectBroken { _ = try await pool.submit(Die(.trap)).value }
+        let reason = await expectBroken { _ = try await settle(pool.submit(Die(.trap))) }
         #expect(reason?.contains("signal") == true)
         await pool.shutdown()
     }
@@ -43,7 +43,7 @@ struct BrokenPoolTests {
         defer { gates.cleanup() }
         let pool = try makePool(method, maxWorkers: 1)
         let done = try pool.submit(Echo(7))
-        #expect(try await done.value == 7)
+        #expect(try await settle(done) == 7)
         let blocker = try pool.submit(SignalThenWait(started: gates.file("started"), gate: gates.file("go")))
         #expect(eventually { gates.exists("started") })
         _ = try pool.submit(Echo(0))
@@ -51,8 +51,8 @@ struct BrokenPoolTests {
         #expect(cancelled.cancel())
         let dying = try pool.submit(Die(.sigkill))
         gates.open("go")
-        _ = try await blocker.value
-        _ = await expectBroken { _ = try await dying.value }
+        _ = try await settle(blocker)
+        _ = await expectBroken { _ = try await settle(dying) }
         #expect(try done.result() == 7)
         #expect(cancelled.isCancelled)
     }
@@ -60,7 +60,7 @@ struct BrokenPoolTests {
     @Test("D18: a failing initializer breaks the pool", arguments: localMethods)
     func failingInitializer(method: StartMethod) async throws {
         let pool = try makePool(method, initializer: SetInitialized(value: 1, fail: true))
-        let reason = await expectBroken { _ = try await pool.submit(Echo(1)).value }
+        let reason = await expectBroken { _ = try await settle(pool.submit(Echo(1))) }
         #expect(reason?.contains("initializer") == true, "\(reason ?? "")")
         await pool.shutdown()
     }
@@ -68,7 +68,7 @@ struct BrokenPoolTests {
     @Test("D21/C17: garbage on the stream breaks the pool cleanly", arguments: localMethods)
     func garbageOnStream(method: StartMethod) async throws {
         let pool = try makePool(method, maxWorkers: 1)
-        let reason = await expectBroken { _ = try await pool.submit(CorruptStream()).value }
+        let reason = await expectBroken { _ = try await settle(pool.submit(CorruptStream())) }
         #expect(reason?.contains("malformed frame") == true, "\(reason ?? "")")
         #expect(throws: BrokenProcessPool.self) { try pool.submit(Echo(1)) }
         await pool.shutdown()
@@ -77,10 +77,17 @@ struct BrokenPoolTests {
     @Test("D21: a crash while a large payload is in flight gives a clean break", arguments: localMethods)
     func crashWithLargePayload(method: StartMethod) async throws {
         let pool = try makePool(method, maxWorkers: 1)
-        let dying = try pool.submit(Die(.sigkill))
         let big = try pool.submit(EchoBytes([UInt8](repeating: 7, count: 32 << 20)))
-        _ = await expectBroken { _ = try await dying.value }
-        _ = await expectBroken { _ = try await big.value }
+        let dying = try pool.submit(Die(.sigkill))
+        var bigger: TaskFuture<[UInt8]>?
+        do {
+            bigger = try pool.submit(EchoBytes([UInt8](repeating: 9, count: 64 << 20)))
+        } catch is BrokenProcessPool {
+            // The worker may already be dead: then submit refuses.
+        }
+        #expect(try await settle(big).count == 32 << 20)
+        _ = await expectBroken { _ = try await settle(dying) }
+        if let bigger { _ = await expectBroken { _ = try await settle(bigger) } }
         await pool.shutdown()
     }
 }

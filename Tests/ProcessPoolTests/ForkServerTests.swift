@@ -8,7 +8,19 @@ import Testing
 /// use it and the next pool starts a fresh one.
 @Suite("Forkserver", .serialized)
 struct ForkServerTests {
-    let executable = TestEnvironment.workerExecutable
+    /// The test worker under a path of this suite's own: one server per
+    /// executable path, so killing this suite's server cannot break the
+    /// pools other suites run meanwhile on theirs.
+    static let privateExecutable: String = {
+        let directory = NSTemporaryDirectory() + "ppool-forkserver-suite-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let link = directory + "/PoolTestWorker"
+        try? FileManager.default.removeItem(atPath: link)
+        try? FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: TestEnvironment.workerExecutable)
+        return link
+    }()
+
+    let executable = ForkServerTests.privateExecutable
     var method: StartMethod { .forkserver(executable: executable) }
 
     @Test("submit and map run on forkserver workers")
@@ -93,6 +105,22 @@ struct ForkServerTests {
         #expect(ForkServerHooks.serverPID(executable: executable) == server)
         await other.shutdown()
         await pool.shutdown()
+    }
+
+    @Test("a program that is not a forkserver breaks the pool with a hint, not a hang")
+    func notAForkServer() async throws {
+        let pool = try ProcessPoolExecutor(maxWorkers: 1, context: .forkserver(executable: "/bin/true"),
+                                           tasks: testRegistry)
+        do {
+            _ = try await pool.submit(Echo(1)).value
+            Issue.record("/bin/true served as a forkserver")
+        } catch let error as BrokenProcessPool {
+            #expect(error.reason.contains("forkserver"), "\(error.reason)")
+            #expect(error.reason.contains("bootstrap"), "\(error.reason)")
+        }
+        await pool.shutdown()
+        // Both attempts were reaped.
+        #expect(ProcInfo.eventually(10) { ProcInfo.zombieChildren(of: getpid()).isEmpty })
     }
 
     @Test("100 pools share one server and leave no descriptor or zombie behind")

@@ -56,7 +56,7 @@ struct MapTests {
             for try await _ in results {}
         }
         gates.open("go")
-        #expect(try await pool.submit(Echo(3)).value == 3)
+        #expect(try await settle(pool.submit(Echo(3))) == 3)
         await pool.shutdown()
     }
 
@@ -71,7 +71,7 @@ struct MapTests {
             if got.count == 100 { break }
         }
         #expect(got == (0..<100).map { $0 * $0 })
-        #expect(try await pool.submit(Echo(2)).value == 2)
+        #expect(try await settle(pool.submit(Echo(2))) == 2)
         #expect(throws: ProcessPoolError.invalidOption("buffersize must be None or >= 1.")) {
             _ = try pool.map([Echo(1)], bufferSize: 0)
         }

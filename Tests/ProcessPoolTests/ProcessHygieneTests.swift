@@ -10,32 +10,32 @@ import Testing
 struct ProcessHygieneTests {
     @Test("100 pools leave no process, zombie or descriptor behind", arguments: ["fork", "spawn", "forkserver"])
     func hundredPools(method: String) async throws {
-        let (process, pipe) = try runHelper(["hundred-pools", method])
-        let line = readLine(from: pipe, prefix: "RESULT")
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let helper = try runHelper(["hundred-pools", method])
+        let line = helper.readLine(prefix: "RESULT")
+        #expect(helper.waitForExit() == 0)
         let fields = (line ?? "").split(separator: " ")
         #expect(fields.count == 4, "helper said: \(line ?? "nothing")")
         guard fields.count == 4 else { return }
         // RESULT <extra fds> <live children> <zombies>
-        #expect(fields[1] == "0", "descriptors leaked: \(line!)")
+        #expect(Int(fields[1]).map { $0 <= 0 } == true, "descriptors leaked: \(line!)")
         #expect(fields[2] == "0", "children left: \(line!)")
         #expect(fields[3] == "0", "zombies left: \(line!)")
     }
 
     @Test("E27: workers die with a parent killed by SIGKILL", arguments: ["fork", "spawn", "forkserver"])
     func parentKilled(method: String) async throws {
-        let (process, pipe) = try runHelper(["orphan-maker", method])
-        guard let line = readLine(from: pipe, prefix: "PIDS") else {
+        let helper = try runHelper(["orphan-maker", method])
+        guard let line = helper.readLine(prefix: "PIDS") else {
             Issue.record("helper did not report its workers")
-            process.terminate()
+            kill(helper.pid, SIGKILL)
+            _ = helper.waitForExit()
             return
         }
         let pids = line.split(separator: " ").dropFirst().compactMap { Int32($0) }
         #expect(pids.count >= 2)
         #expect(pids.allSatisfy { !processGone($0) })
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        kill(helper.pid, SIGKILL)
+        #expect(helper.waitForExit() == 128 + SIGKILL)
         #expect(eventually(30) { pids.allSatisfy(processGone) }, "workers still alive: \(pids)")
     }
 }

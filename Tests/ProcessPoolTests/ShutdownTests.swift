@@ -27,7 +27,7 @@ struct ShutdownTests {
         pool.shutdown(wait: false)
         #expect(!future.isDone)
         gates.open("go")
-        #expect(try await future.value > 0)
+        #expect(try await settle(future) > 0)
     }
 
     @Test("E24/E25: cancelFutures cancels what is pending; cancelled futures count as done",
@@ -51,7 +51,7 @@ struct ShutdownTests {
         var seen = 0
         for try await _ in asCompleted(rest, timeout: .seconds(60)) { seen += 1 }
         #expect(seen == 50)
-        for b in blockers { #expect(try await b.value > 0) }
+        for b in blockers { #expect(try await settle(b) > 0) }
         await pool.shutdown()
     }
 
@@ -60,9 +60,9 @@ struct ShutdownTests {
         var pool: ProcessPoolExecutor? = try makePool(method)
         let future = try pool!.submit(SleepTask(milliseconds: 20))
         let pid = try pool!.submit(GetPID())
-        let workerPID = try await pid.value
+        let workerPID = try await settle(pid)
         pool = nil
-        #expect(try await future.value > 0)
+        #expect(try await settle(future) > 0)
         #expect(eventually { processGone(workerPID) })
     }
 
@@ -78,7 +78,7 @@ struct ShutdownTests {
             #expect(eventually { gates.exists("s0") && gates.exists("s1") })
             let pending = try (0..<10).map { try pool.submit(Echo($0)) }
             if force { pool.killWorkers() } else { pool.terminateWorkers() }
-            for f in running { _ = await expectBroken { _ = try await f.value } }
+            for f in running { _ = await expectBroken { _ = try await settle(f) } }
             for f in pending { #expect(f.isDone) }
             #expect(throws: (any Error).self) { try pool.submit(Echo(1)) }
             await pool.shutdown()
@@ -88,7 +88,7 @@ struct ShutdownTests {
         idle.terminateWorkers()
         idle.killWorkers()
         let broken = try makePool(method)
-        _ = await expectBroken { _ = try await broken.submit(Die(.sigkill)).value }
+        _ = await expectBroken { _ = try await settle(broken.submit(Die(.sigkill))) }
         broken.killWorkers()
         await broken.shutdown()
     }
@@ -99,7 +99,7 @@ struct ShutdownTests {
         var captured: ProcessPoolExecutor?
         let value = try await withProcessPool(maxWorkers: 1, context: method, tasks: testRegistry) { pool in
             captured = pool
-            return try await pool.submit(Square(6)).value
+            return try await settle(pool.submit(Square(6)))
         }
         #expect(value == 36)
         #expect(throws: ProcessPoolError.shutdown) { try captured!.submit(Echo(1)) }

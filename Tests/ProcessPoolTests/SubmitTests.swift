@@ -10,7 +10,7 @@ struct SubmitTests {
         let pool = try makePool(method)
         let futures = try (0..<50).map { try pool.submit(Square($0)) }
         for (i, future) in futures.enumerated() {
-            #expect(try await future.value == i * i)
+            #expect(try await settle(future) == i * i)
             #expect(try future.result() == i * i)
             #expect(future.isDone && !future.isRunning && !future.isCancelled)
         }
@@ -25,7 +25,7 @@ struct SubmitTests {
         #expect(ProcessPoolError.shutdown.description == "cannot schedule new futures after shutdown")
 
         let broken = try makePool(method)
-        _ = await expectBroken { _ = try await broken.submit(Die(.sigkill)).value }
+        _ = await expectBroken { _ = try await settle(broken.submit(Die(.sigkill))) }
         #expect(throws: BrokenProcessPool.self) { try broken.submit(Echo(1)) }
         broken.shutdown(wait: true)
         // The broken check comes first.
@@ -48,7 +48,7 @@ struct SubmitTests {
             future.addDoneCallback { f in order.append((try? f.result()) ?? -1) }
         }
         gates.open("go")
-        for future in later { _ = try await future.value }
+        for future in later { _ = try await settle(future) }
         #expect(order.values == Array(0..<10))
         await pool.shutdown()
     }
@@ -71,12 +71,12 @@ struct SubmitTests {
         #expect(pending.isCancelled && pending.isDone)
         #expect(called.isSet)
         gates.open("go")
-        #expect(try await running.value > 0)
-        for f in fillers { _ = try? await f.value }
-        await #expect(throws: CancellationError.self) { try await pending.value }
+        #expect(try await settle(running) > 0)
+        for f in fillers { _ = try? await settle(f) }
+        await #expect(throws: CancellationError.self) { try await settle(pending) }
         #expect(throws: CancellationError.self) { try pending.result() }
         let done = try pool.submit(Echo(5))
-        _ = try await done.value
+        _ = try await settle(done)
         #expect(done.cancel() == false)
         await pool.shutdown()
     }
@@ -106,7 +106,7 @@ struct SubmitTests {
         let future = try pool.submit(Echo(3))
         let log = LockedLog()
         for i in 0..<5 { future.addDoneCallback { _ in log.append(i) } }
-        _ = try await future.value
+        _ = try await settle(future)
         #expect(eventually { log.values.count == 5 })
         #expect(log.values == [0, 1, 2, 3, 4])
         future.addDoneCallback { _ in log.append(99) }
@@ -115,9 +115,9 @@ struct SubmitTests {
         let inner = LockedBox<TaskFuture<Int>>()
         let outer = try pool.submit(Echo(1))
         outer.addDoneCallback { _ in inner.value = try? pool.submit(Echo(2)) }
-        _ = try await outer.value
+        _ = try await settle(outer)
         #expect(eventually { inner.value != nil })
-        #expect(try await inner.value!.value == 2)
+        #expect(try await settle(inner.value!) == 2)
         await pool.shutdown()
     }
 
@@ -127,16 +127,16 @@ struct SubmitTests {
         let pool = try makePool(method)
         let registered = try pool.submit(Fail(registered: true, code: 11))
         let unregistered = try pool.submit(Fail(registered: false, code: 12))
-        await #expect(throws: RegisteredFailure(code: 11, note: "as asked")) { try await registered.value }
+        await #expect(throws: RegisteredFailure(code: 11, note: "as asked")) { try await settle(registered) }
         do {
-            _ = try await unregistered.value
+            _ = try await settle(unregistered)
             Issue.record("expected an error")
         } catch let error as RemoteTaskError {
             #expect(error.typeName.hasSuffix("UnregisteredFailure"))
             #expect(error.message == "unregistered failure: code 12")
             #expect(error.worker.contains("pid"))
         }
-        #expect(try await pool.submit(Echo(8)).value == 8)
+        #expect(try await settle(pool.submit(Echo(8))) == 8)
         await pool.shutdown()
     }
 
@@ -144,12 +144,12 @@ struct SubmitTests {
     func unencodableResult(method: StartMethod) async throws {
         let pool = try makePool(method)
         do {
-            _ = try await pool.submit(Unencodable()).value
+            _ = try await settle(pool.submit(Unencodable()))
             Issue.record("expected an error")
         } catch let error as RemoteTaskError {
             #expect(error.message.contains("could not be encoded"))
         }
-        #expect(try await pool.submit(Echo(4)).value == 4)
+        #expect(try await settle(pool.submit(Echo(4))) == 4)
         await pool.shutdown()
     }
 
@@ -157,7 +157,7 @@ struct SubmitTests {
     func noisyStdout(method: StartMethod) async throws {
         let pool = try makePool(method)
         let values = try (0..<20).map { try pool.submit(Noisy($0)) }
-        for (i, future) in values.enumerated() { #expect(try await future.value == i) }
+        for (i, future) in values.enumerated() { #expect(try await settle(future) == i) }
         await pool.shutdown()
     }
 
@@ -165,9 +165,9 @@ struct SubmitTests {
     func largePayloads(method: StartMethod) async throws {
         let pool = try makePool(method)
         let blob = (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
-        let echoed = try await pool.submit(EchoBytes(blob)).value
+        let echoed = try await settle(pool.submit(EchoBytes(blob)))
         #expect(echoed == blob)
-        let made = try await pool.submit(MakeBytes(count: 8 << 20)).value
+        let made = try await settle(pool.submit(MakeBytes(count: 8 << 20)))
         #expect(made.count == 8 << 20 && made[1000] == UInt8(1000 % 251))
         await pool.shutdown()
     }

@@ -61,31 +61,76 @@ func expectBroken(_ body: () async throws -> Void, sourceLocation: SourceLocatio
     return nil
 }
 
-/// Runs the test worker executable in a helper mode and returns it.
-func runHelper(_ arguments: [String]) throws -> (Process, Pipe) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: TestEnvironment.workerExecutable)
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    return (process, pipe)
+/// A helper process started from the test worker executable, its stdout on a pipe.
+///
+/// Not Foundation's `Process`: that parks two of Dispatch's threads for good,
+/// and on a 2-core machine those are all the threads Swift concurrency has.
+struct HelperProcess {
+    let pid: pid_t
+    let output: Int32
+
+    /// Reads stdout until a line starts with `prefix` (nil at EOF).
+    func readLine(prefix: String) -> String? {
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(output, &chunk, chunk.count)
+            if n <= 0 { return nil }
+            buffer += chunk[0..<n]
+            let text = String(decoding: buffer, as: UTF8.self)
+            for line in text.split(separator: "\n") where line.hasPrefix(prefix) && text.contains(line + "\n") {
+                return String(line)
+            }
+        }
+    }
+
+    /// Waits for the helper to exit and returns its status (exit code, or 128 + signal).
+    func waitForExit() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        close(output)
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+    }
 }
 
-/// Reads lines from a pipe until one starts with `prefix`.
-func readLine(from pipe: Pipe, prefix: String, timeout: Double = 60) -> String? {
-    let handle = pipe.fileHandleForReading
-    var buffer = Data()
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        let chunk = handle.availableData
-        if chunk.isEmpty { return nil }
-        buffer.append(chunk)
-        let text = String(decoding: buffer, as: UTF8.self)
-        for line in text.split(separator: "\n") where line.hasPrefix(prefix) { return String(line) }
+/// Runs the test worker executable in a helper mode.
+func runHelper(_ arguments: [String]) throws -> HelperProcess {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { throw POSIXError(.EIO) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
+    let argv = ([TestEnvironment.workerExecutable] + arguments).map { strdup($0) } + [nil]
+    defer { for p in argv { free(p) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, TestEnvironment.workerExecutable, &actions, nil, argv, environ)
+    close(fds[1])
+    guard rc == 0 else {
+        close(fds[0])
+        throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO)
     }
-    return nil
+    return HelperProcess(pid: pid, output: fds[0])
 }
 
 let localMethods = TestEnvironment.localMethods
 let replacingMethods = TestEnvironment.replacingMethods
+
+/// A future did not finish within the test's bound.
+struct TestTimedOut: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// The future's value, waiting at most `seconds`: a test never hangs on a
+/// future; a bug shows as a failure instead.
+func settle<T>(_ future: TaskFuture<T>, within seconds: Int = 120,
+               sourceLocation: SourceLocation = #_sourceLocation) async throws -> T {
+    let (done, _) = await wait(for: [future], timeout: .seconds(seconds))
+    guard !done.isEmpty else {
+        Issue.record("a future did not finish within \(seconds) s", sourceLocation: sourceLocation)
+        throw TestTimedOut(description: "future not done after \(seconds) s")
+    }
+    return try future.result()
+}

@@ -41,7 +41,7 @@ struct WaitTests {
         defer { gates.cleanup() }
         let pool = try makePool(method)
         let done = try pool.submit(Echo(1))
-        _ = try await done.value
+        _ = try await settle(done)
         let blocked = try pool.submit(WaitForFile(path: gates.file("go")))
         var seen: [TaskFuture<Int>] = []
         do {
@@ -58,7 +58,7 @@ struct WaitTests {
         }
         #expect(yielded == 1)
         gates.open("go")
-        _ = try await blocked.value
+        _ = try await settle(blocked)
         await pool.shutdown()
     }
 }

@@ -40,6 +40,7 @@ func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
     cpp_flush_all()
     let pid = cpp_fork()
     if pid == 0 {
+        cpp_unblock_all_signals()
         tieLifetimeToParent(parent)
         _ = Glibc.close(channel.parentEnd)
         for fd in inherited { _ = Glibc.close(fd) }

@@ -11,6 +11,16 @@ enum ForkServerClient {
         var description: String { "the forkserver (pid \(pid)) \(detail)" }
     }
 
+    /// The server did not answer a request in time.
+    struct ServerSilent: Error, CustomStringConvertible {
+        let pid: pid_t
+        let executable: String
+        var description: String {
+            "the forkserver (pid \(pid)) did not answer within 30 s; does main() of \(executable) "
+                + "call ProcessPoolExecutor.bootstrap first?"
+        }
+    }
+
     /// Starts one worker for `executable`, starting the server first if
     /// needed. A server found dead is replaced and the request retried once.
     static func startWorker(executable: String) throws -> any WorkerConnection {
@@ -23,6 +33,10 @@ enum ForkServerClient {
             } catch let gone as ServerGone {
                 ForkServers.discard(server)
                 if attempt >= 2 { throw gone }
+            } catch let silent as ServerSilent {
+                // Not a forkserver, or wedged: stop it rather than wait again next time.
+                ForkServers.discard(server)
+                throw silent
             }
         }
     }
@@ -59,10 +73,10 @@ enum ForkServerClient {
             if fd >= 0 { return fd }
             let failure = errno
             if failure == ECONNREFUSED || failure == ENOENT {
-                throw ServerGone(pid: server.pid, detail: "refused the connection (it has died)")
+                throw gone(server, "refused the connection (it has died)")
             }
             guard failure == EAGAIN, cpp_monotonic_ns() < deadline, !server.hasEnded else {
-                if server.hasEnded { throw ServerGone(pid: server.pid, detail: "has died") }
+                if server.hasEnded { throw gone(server, "has died") }
                 throw SystemError("connect to the forkserver (pid \(server.pid))", errno: failure)
             }
             // The backlog is full: the server is busy accepting. Try again shortly.
@@ -81,7 +95,7 @@ enum ForkServerClient {
         } while sent < 0 && errno == EINTR
         guard sent == request.count else {
             if sent < 0 && (errno == EPIPE || errno == ECONNRESET) {
-                throw ServerGone(pid: server.pid, detail: "closed the connection (it has died)")
+                throw gone(server, "closed the connection (it has died)")
             }
             throw SystemError("sendmsg to the forkserver (pid \(server.pid))")
         }
@@ -92,7 +106,7 @@ enum ForkServerClient {
             let now = cpp_monotonic_ns()
             guard now < deadline else {
                 closeDescriptor(pidfd)
-                throw SystemError("the forkserver (pid \(server.pid)) did not answer within 30 s", errno: ETIMEDOUT)
+                throw ServerSilent(pid: server.pid, executable: server.executable)
             }
             let ready = poll(&fds, 1, Int32(min((deadline - now) / 1_000_000 + 1, 1_000)))
             if ready == 0 || (ready < 0 && errno == EINTR) { continue }
@@ -108,10 +122,11 @@ enum ForkServerClient {
                 closeDescriptor(pidfd)
                 let detail = server.hasEnded ? "died before it answered"
                     : "closed the connection without an answer"
-                throw ServerGone(pid: server.pid, detail: detail + startHint(server))
+                throw gone(server, detail)
             }
             reply += chunk.prefix(n)
         }
+        server.markServed()
         let pid = Int32(bitPattern: ForkServerProtocol.readLittleEndian(reply[...]))
         guard pid > 0 else {
             closeDescriptor(pidfd)
@@ -123,8 +138,11 @@ enum ForkServerClient {
         return (pid, pidfd)
     }
 
-    /// A hint when a server never served: its program may not call bootstrap.
-    private static func startHint(_ server: ForkServerProcess) -> String {
-        "; does main() of \(server.executable) call ProcessPoolExecutor.bootstrap first?"
+    /// The error for a server that went away; with a hint if it never
+    /// served: its program may not call bootstrap.
+    private static func gone(_ server: ForkServerProcess, _ detail: String) -> ServerGone {
+        let hint = server.hasServed ? ""
+            : "; does main() of \(server.executable) call ProcessPoolExecutor.bootstrap first?"
+        return ServerGone(pid: server.pid, detail: detail + hint)
     }
 }

@@ -41,6 +41,10 @@ struct ForkServerLoop {
         self.key = key
         self.registry = registry
         _ = cpp_set_nonblocking(control, 1)
+        // Like CPython's forkserver: ^C in the terminal reaches the whole
+        // process group; the parent decides what it means, the server must
+        // not die of it (its workers do, as spawned workers would).
+        _ = signal(SIGINT, SIG_IGN)
     }
 
     /// Serves until the parent goes away; returns the exit status.
@@ -212,6 +216,7 @@ struct ForkServerLoop {
     /// stream to descriptor 3, serve, exit.
     private func runWorker(connection: Int32, channel: Int32) -> Never {
         tieLifetimeToParent(serverPID)
+        _ = signal(SIGINT, SIG_DFL)
         closeDescriptor(listener)
         closeDescriptor(control)
         closeDescriptor(connection)

@@ -1,6 +1,7 @@
 import CProcessPoolShim
 import Glibc
 import ProcessPoolCore
+import Synchronization
 
 /// A running forkserver as its parent (this process) sees it.
 ///
@@ -19,6 +20,7 @@ final class ForkServerProcess: Sendable {
     let address: [UInt8]
     /// The key every request must present.
     let key: [UInt8]
+    private let served = Atomic<Bool>(false)
 
     private init(executable: String, pid: pid_t, pidfd: Int32, control: Int32, address: [UInt8], key: [UInt8]) {
         self.executable = executable
@@ -73,6 +75,12 @@ final class ForkServerProcess: Sendable {
         return ForkServerProcess(executable: executable, pid: pid, pidfd: pidfd, control: channel.parentEnd,
                                  address: address, key: key)
     }
+
+    /// Whether the server has answered a request (so it does run as a forkserver).
+    var hasServed: Bool { served.load(ordering: .relaxed) }
+
+    /// Records that the server answered a request.
+    func markServed() { served.store(true, ordering: .relaxed) }
 
     /// Whether the server has ended or is ending (its pidfd is readable, or
     /// its end of the control socketpair is closed). Does not block.

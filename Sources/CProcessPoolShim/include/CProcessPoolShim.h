@@ -44,6 +44,10 @@ int cpp_wtermsig(int status);
 pid_t cpp_spawn(const char *path, char *const argv[], char *const envp[],
                 int child_fd, int target_fd, int null_stdin);
 
+/// Unblocks every signal in the calling thread (a forked child inherits the
+/// forking thread's mask; Dispatch's threads block most signals).
+void cpp_unblock_all_signals(void);
+
 /// fork() (the Swift overlay marks it unavailable).
 pid_t cpp_fork(void);
 /// _exit without running atexit handlers.

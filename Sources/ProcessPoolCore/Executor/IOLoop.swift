@@ -188,8 +188,9 @@ final class IOLoop: @unchecked Sendable {
                 } else if core.broken == nil {
                     let held = slot.inFlight.count
                     let what = held == 0 ? "while idle" : "while holding \(held) work item\(held == 1 ? "" : "s")"
-                    core.breakLocked("a process in the pool was terminated abruptly: worker \(slot.label) "
-                        + "(\(core.launcher.name)) ended with \(exit) \(what)")
+                    let method = slot.label.contains(core.launcher.name) ? "" : " (\(core.launcher.name))"
+                    core.breakLocked("a process in the pool was terminated abruptly: worker \(slot.label)"
+                        + "\(method) ended with \(exit) \(what)")
                 }
             }
             core.workers.removeAll { $0 === slot }
@@ -240,6 +241,8 @@ final class IOLoop: @unchecked Sendable {
     private func finish() {
         let callbacks = core.locked { () -> [@Sendable () -> Void] in
             core.finishedFlag = true
+            core.ioSleeping = false
+            closeDescriptor(core.wakeDescriptor)
             core.session?.close()
             core.session = nil
             defer { core.finishCallbacks = [] }

@@ -58,7 +58,10 @@ package final class PoolCore: @unchecked Sendable {
         wakeDescriptor = fd
     }
 
-    deinit { closeDescriptor(wakeDescriptor) }
+    deinit {
+        // The I/O thread closes it when it finishes; a pool that never started closes it here.
+        if !started { closeDescriptor(wakeDescriptor) }
+    }
 
     package func makeItemID() -> UInt64 { nextItemID.add(1, ordering: .relaxed).oldValue }
 
@@ -79,7 +82,7 @@ package final class PoolCore: @unchecked Sendable {
 
     /// Wakes the I/O thread if it sleeps in poll (lock held).
     func wakeLocked() {
-        guard ioSleeping, !wakePosted else { return }
+        guard ioSleeping, !wakePosted, !finishedFlag else { return }
         wakePosted = true
         var one: UInt64 = 1
         _ = Glibc.write(wakeDescriptor, &one, 8)
