@@ -12,7 +12,9 @@ extension ProcessPoolExecutor {
         tieLifetimeToParent(assignment.parent)
         switch assignment.role {
         case .worker:
-            let code = ProcessPoolWorker.serve(descriptor: assignment.descriptor, registry: tasks)
+            let code = assignment.descriptor < 0
+                ? ProcessPoolWorker.serveOverStandardIO(registry: tasks)
+                : ProcessPoolWorker.serve(descriptor: assignment.descriptor, registry: tasks)
             cpp_flush_all()
             exit(code)
         case .forkserver:

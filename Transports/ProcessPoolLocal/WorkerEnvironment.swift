@@ -22,7 +22,7 @@ public enum WorkerEnvironment {
     public struct Assignment: Sendable {
         /// Worker or forkserver.
         public var role: Role
-        /// The descriptor that carries the protocol.
+        /// The descriptor that carries the protocol; -1: stdin and stdout.
         public var descriptor: Int32
         /// The process that started this one (0: do not check).
         public var parent: pid_t
@@ -35,7 +35,7 @@ public enum WorkerEnvironment {
         unsetenv(variable)
         let parts = value.split(separator: ":").map(String.init)
         guard parts.count == 4, let role = Role(rawValue: parts[0]),
-              let fd = Int32(parts[2]), let parent = pid_t(parts[3]) else {
+              let fd = parts[2] == "stdio" ? -1 : Int32(parts[2]), let parent = pid_t(parts[3]) else {
             cpp_log_stderr("ProcessPool: ignoring malformed \(variable)=\(value)\n")
             return nil
         }

@@ -16,6 +16,19 @@ public enum ProcessPoolWorker {
         var loop = WorkerLoop(stream: WorkerStream(fd: descriptor), registry: registry)
         return loop.run()
     }
+
+    /// Serves one pool over the process's stdin and stdout (a remote worker
+    /// started over ssh). Stdout is moved out of the way first: the protocol
+    /// keeps a private copy of it and descriptor 1 becomes stderr, so `print`
+    /// in a task lands in the parent's log instead of corrupting the stream.
+    public static func serveOverStandardIO(registry: TaskRegistry) -> Int32 {
+        let output = dup(1)
+        guard output >= 0 else { return 2 }
+        _ = dup2(2, 1)
+        activeDescriptor = output
+        var loop = WorkerLoop(stream: WorkerStream(input: 0, output: output), registry: registry)
+        return loop.run()
+    }
 }
 
 extension ProcessPoolWorker {

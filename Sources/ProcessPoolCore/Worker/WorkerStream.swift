@@ -3,13 +3,23 @@ import Glibc
 
 /// The worker's blocking side of the stream: whole writes, EINTR-safe reads.
 struct WorkerStream {
+    /// Where frames come from.
     let fd: Int32
+    /// Where frames go (the same descriptor for a socket; stdout's copy over ssh).
+    let output: Int32
     private var isSocket = true
 
     init(fd: Int32) {
-        self.fd = fd
-        _ = cpp_set_nonblocking(fd, 0)
-        _ = cpp_set_cloexec(fd, 1)
+        self.init(input: fd, output: fd)
+    }
+
+    init(input: Int32, output: Int32) {
+        self.fd = input
+        self.output = output
+        for d in Set([input, output]) {
+            _ = cpp_set_nonblocking(d, 0)
+            _ = cpp_set_cloexec(d, 1)
+        }
     }
 
     /// Writes all of `bytes`; false if the parent is gone.
@@ -18,11 +28,11 @@ struct WorkerStream {
         while offset < bytes.count {
             let base = bytes.baseAddress! + offset
             let left = bytes.count - offset
-            var n = isSocket ? cpp_send_nosignal(fd, base, left) : Glibc.write(fd, base, left)
+            var n = isSocket ? cpp_send_nosignal(output, base, left) : Glibc.write(output, base, left)
             if n < 0 && errno == ENOTSOCK && isSocket {
                 isSocket = false
                 signal(SIGPIPE, SIG_IGN)
-                n = Glibc.write(fd, base, left)
+                n = Glibc.write(output, base, left)
             }
             if n < 0 {
                 if errno == EINTR { continue }
