@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import ProcessPool
 
 // pool-bench: our pool against CPython's ProcessPoolExecutor, same machine,
@@ -15,6 +16,8 @@ struct Options: Sendable {
     var quick = false
     var runPython = true
     var methodNames = ["fork", "spawn", "forkserver"]
+    /// Figures to measure (all when empty).
+    var only: Set<String> = []
 
     static func parse() -> Options {
         var options = Options()
@@ -25,8 +28,9 @@ struct Options: Sendable {
             case "--rounds": options.rounds = Int(iterator.next() ?? "") ?? options.rounds
             case "--methods": options.methodNames = (iterator.next() ?? "").split(separator: ",").map(String.init)
             case "--no-python": options.runPython = false
+            case "--only": options.only = Set((iterator.next() ?? "").split(separator: ",").map(String.init))
             default:
-                print("usage: pool-bench [--quick] [--rounds N] [--methods fork,spawn,forkserver] [--no-python]")
+                print("usage: pool-bench [--quick] [--rounds N] [--methods fork,spawn,forkserver] [--no-python] [--only figure,...]")
                 exit(2)
             }
         }
@@ -74,57 +78,110 @@ func measureOurs(_ method: StartMethod, primesN: Int, options: Options) async th
     let rounds = options.rounds
     let bench = Bench(method: method, sizes: options.sizes, primesN: primesN)
     var samples: [String: [Double]] = [:]
+    func measure(_ key: String, _ body: () async throws -> Double) async rethrows {
+        guard options.only.isEmpty || options.only.contains(key) else { return }
+        samples[key, default: []].append(try await body())
+    }
     // Worker RSS first, as the Python side does (a fork worker inherits the parent's heap).
-    for _ in 0..<rounds { samples["worker_rss_kib", default: []].append(try await bench.workerRSS()) }
+    for _ in 0..<rounds { try await measure("worker_rss_kib") { try await bench.workerRSS() } }
     for round in 0..<rounds {
-        FileHandle.standardError.write("  \(method) round \(round + 1)/\(rounds)\n".data(using: .utf8)!)
-        samples["first_result_s", default: []].append(try await bench.firstResult())
-        samples["round_trip_us", default: []].append(try await bench.roundTripMicros())
-        samples["submit_tasks_per_s", default: []].append(try await bench.submitThroughput())
-        samples["map_c1_tasks_per_s", default: []].append(try await bench.mapThroughput(chunkSize: 1))
-        samples["map_c64_tasks_per_s", default: []].append(try await bench.mapThroughput(chunkSize: 64))
-        samples["map_c1024_tasks_per_s", default: []].append(try await bench.mapThroughput(chunkSize: 1024))
-        samples["payload_64mib_mb_per_s", default: []].append(try await bench.payloadMBps())
-        samples["cpu_speedup", default: []].append(try await bench.cpuSpeedup())
+        progress("  \(method) round \(round + 1)/\(rounds)")
+        try await measure("first_result_s") { try await bench.firstResult() }
+        try await measure("round_trip_us") { try await bench.roundTripMicros() }
+        try await measure("submit_tasks_per_s") { try await bench.submitThroughput() }
+        try await measure("map_c1_tasks_per_s") { try await bench.mapThroughput(chunkSize: 1) }
+        try await measure("map_c64_tasks_per_s") { try await bench.mapThroughput(chunkSize: 64) }
+        try await measure("map_c1024_tasks_per_s") { try await bench.mapThroughput(chunkSize: 1024) }
+        try await measure("payload_64mib_mb_per_s") { try await bench.payloadMBps() }
+        try await measure("cpu_speedup") { try await bench.cpuSpeedup() }
     }
     return samples.mapValues(median)
 }
 
+/// Progress on stderr.
+func progress(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
+/// The CPython script's output.
+struct CPythonReport: Decodable {
+    var python: String
+    var results: [String: [String: Double]]
+}
+
+/// Runs the CPython side (Benchmarks/cpython_bench.py) and parses its JSON.
 func runCPython(_ options: Options) -> [String: [String: Double]] {
     guard options.runPython else { return [:] }
     let methodNames = options.methodNames
-    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("cpython_bench.py").path
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    var script = #filePath
+    for _ in 0..<2 { script = String(script[..<script.lastIndex(of: "/")!]) }
+    script += "/cpython_bench.py"
     var arguments = ["python3", script, "--rounds", String(options.rounds)]
     if methodNames.count == 1 { arguments += ["--start-method", methodNames[0]] }
     if options.quick { arguments.append("--quick") }
-    process.arguments = arguments
-    let out = Pipe()
-    process.standardOutput = out
-    do { try process.run() } catch {
-        print("could not run python3: \(error)")
+    guard let data = captureOutput(arguments) else {
+        print("could not run python3")
         return [:]
     }
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-          let results = json["results"] as? [String: [String: Any]] else {
+    guard let report = try? JSONDecoder().decode(CPythonReport.self, from: data) else {
         print("could not parse the CPython results")
         return [:]
     }
-    return results.mapValues { $0.compactMapValues { ($0 as? NSNumber)?.doubleValue } }
+    return report.results
+}
+
+/// Runs a command found on PATH and returns its stdout (stderr passes through).
+func captureOutput(_ arguments: [String]) -> Data? {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { return nil }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
+    let argv = arguments.map { strdup($0) } + [nil]
+    defer { for p in argv { free(p) } }
+    var pid: pid_t = 0
+    let rc = posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ)
+    close(fds[1])
+    guard rc == 0 else {
+        close(fds[0])
+        return nil
+    }
+    var output = Data()
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fds[0], &chunk, chunk.count)
+        if n <= 0 { break }
+        output.append(contentsOf: chunk[0..<n])
+    }
+    close(fds[0])
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    return output
+}
+
+/// `value` with `decimals` digits after the point.
+func fixed(_ value: Double, _ decimals: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let scaled = (value * scale).rounded()
+    guard abs(scaled) < 9e18 else { return String(value) }
+    let integer = Int(scaled)
+    let whole = String(integer / Int(scale))
+    guard decimals > 0 else { return whole }
+    let fraction = String(abs(integer) % Int(scale))
+    return whole + "." + String(repeating: "0", count: decimals - fraction.count) + fraction
 }
 
 func format(_ value: Double?, _ key: String) -> String {
     guard let value, !value.isNaN else { return "-" }
     switch key {
-    case "first_result_s": return String(format: "%.1f", value * 1000)
-    case "round_trip_us": return String(format: "%.1f", value)
-    case "cpu_speedup": return String(format: "%.2f", value)
-    case "payload_64mib_mb_per_s", "worker_rss_kib": return String(format: "%.0f", value)
-    default: return String(format: "%.0f", value)
+    case "first_result_s": return fixed(value * 1000, 1)
+    case "round_trip_us": return fixed(value, 1)
+    case "cpu_speedup": return fixed(value, 2)
+    default: return fixed(value, 0)
     }
 }
 
@@ -136,17 +193,19 @@ func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
 let options = Options.parse()
 let sizes = options.sizes
 let methodNames = options.methodNames
-let primesN = calibratePrimes(quick: options.quick)
-FileHandle.standardError.write("CountPrimes N = \(primesN) for Swift\n".data(using: .utf8)!)
+let primesN = options.only.isEmpty || options.only.contains("cpu_speedup") ? calibratePrimes(quick: options.quick) : 150_000
+progress("CountPrimes N = \(primesN) for Swift")
 var ours: [String: [String: Double]] = [:]
 var pending: [String: Double] = [:]
 for name in methodNames {
     let method = try StartMethod(named: name)
     ours[name] = try await measureOurs(method, primesN: primesN, options: options)
-    pending[name] = try await Bench(method: method, sizes: sizes, primesN: primesN)
-        .pendingFuturesMiB(count: sizes.pendingFutures)
+    if options.only.isEmpty || options.only.contains("pending") {
+        pending[name] = try await Bench(method: method, sizes: sizes, primesN: primesN)
+            .pendingFuturesMiB(count: sizes.pendingFutures)
+    }
 }
-FileHandle.standardError.write("running CPython...\n".data(using: .utf8)!)
+progress("running CPython...")
 let cpython = runCPython(options)
 
 print("")
@@ -166,11 +225,11 @@ for figure in figures {
         var targetText = ""
         if let mine, let theirs, mine > 0, theirs > 0 {
             let ratio = figure.higherIsBetter ? mine / theirs : theirs / mine
-            ratioText = String(format: "%.1fx", ratio)
+            ratioText = fixed(ratio, 1) + "x"
             if let target = figure.targetRatio(name) {
                 let met = ratio >= target
                 if !met { missed += 1 }
-                targetText = String(format: ">= %.0fx %@", target, met ? "met" : "MISSED")
+                targetText = ">= \(fixed(target, 0))x " + (met ? "met" : "MISSED")
             }
         }
         if figure.key == "cpu_speedup", let mine {
@@ -183,12 +242,12 @@ for figure in figures {
               + pad(ratioText, 7) + " | " + targetText)
     }
 }
-for name in methodNames {
+for name in methodNames where pending[name] != nil {
     let mib = pending[name] ?? .nan
     let met = mib < 1024
     if !met { missed += 1 }
     print(pad("\(sizes.pendingFutures) pending (MiB)", 22, left: true) + " | " + pad(name, 10, left: true) + " | "
-          + pad(String(format: "%.0f", mib), 11) + " | " + pad("-", 11) + " | " + pad("-", 7) + " | < 1024 "
+          + pad(fixed(mib, 0), 11) + " | " + pad("-", 11) + " | " + pad("-", 7) + " | < 1024 "
           + (met ? "met" : "MISSED"))
 }
 print("")

@@ -96,6 +96,22 @@ package enum BinaryCodingLimits {
     package static let maxDepth = 512
 }
 
+/// The metadata of the generic fast-path types, looked up once: comparing
+/// `T.self == [UInt8].self` instantiates `[UInt8]`'s metadata on every call.
+enum FastTypes {
+    static let bytes = ObjectIdentifier([UInt8].self)
+    static let ints = ObjectIdentifier([Int].self)
+    static let doubles = ObjectIdentifier([Double].self)
+    static let int64s = ObjectIdentifier([Int64].self)
+    static let int32s = ObjectIdentifier([Int32].self)
+    static let uint64s = ObjectIdentifier([UInt64].self)
+    static let uint32s = ObjectIdentifier([UInt32].self)
+    static let floats = ObjectIdentifier([Float].self)
+}
+
+@inline(__always)
+func isFastType<T>(_: T.Type, _ id: ObjectIdentifier) -> Bool { ObjectIdentifier(T.self) == id }
+
 /// Reinterprets a value whose type is already known to be `U` (checked by the
 /// caller with `T.self == U.self`).
 @inline(__always)
@@ -118,7 +134,7 @@ extension _EncodingContext {
             writeDouble(_identityCast(value, to: Double.self))
         } else if T.self == Bool.self {
             state.pointee.writer.write(_identityCast(value, to: Bool.self) ? BinaryTag.true : BinaryTag.false)
-        } else if T.self == [UInt8].self {
+        } else if isFastType(T.self, FastTypes.bytes) {
             let array = _identityCast(value, to: [UInt8].self)
             state.pointee.writer.write(BinaryTag.bytes)
             state.pointee.writer.writeVarint(UInt64(array.count))
@@ -143,19 +159,19 @@ extension _EncodingContext {
     @inline(__always)
     private func encodePackedFastPath<T: Encodable>(_ value: T) -> Bool {
         #if _endian(little)
-        if T.self == [Int].self {
+        if isFastType(T.self, FastTypes.ints) {
             writePacked(_identityCast(value, to: [Int].self), tag: BinaryTag.packedI64)
-        } else if T.self == [Double].self {
+        } else if isFastType(T.self, FastTypes.doubles) {
             writePacked(_identityCast(value, to: [Double].self), tag: BinaryTag.packedF64)
-        } else if T.self == [Int64].self {
+        } else if isFastType(T.self, FastTypes.int64s) {
             writePacked(_identityCast(value, to: [Int64].self), tag: BinaryTag.packedI64)
-        } else if T.self == [Int32].self {
+        } else if isFastType(T.self, FastTypes.int32s) {
             writePacked(_identityCast(value, to: [Int32].self), tag: BinaryTag.packedI32)
-        } else if T.self == [UInt64].self {
+        } else if isFastType(T.self, FastTypes.uint64s) {
             writePacked(_identityCast(value, to: [UInt64].self), tag: BinaryTag.packedU64)
-        } else if T.self == [UInt32].self {
+        } else if isFastType(T.self, FastTypes.uint32s) {
             writePacked(_identityCast(value, to: [UInt32].self), tag: BinaryTag.packedU32)
-        } else if T.self == [Float].self {
+        } else if isFastType(T.self, FastTypes.floats) {
             writePacked(_identityCast(value, to: [Float].self), tag: BinaryTag.packedF32)
         } else {
             return false
@@ -186,17 +202,17 @@ extension _DecodingContext {
     @inline(__always)
     func hasFastPath<T: Decodable>(_: T.Type, at offset: Int) throws -> Bool {
         if T.self == String.self || T.self == Int.self || T.self == Double.self || T.self == Bool.self { return true }
-        if T.self == [UInt8].self { return try tag(at: offset) == BinaryTag.bytes }
+        if isFastType(T.self, FastTypes.bytes) { return try tag(at: offset) == BinaryTag.bytes }
         #if canImport(FoundationEssentials)
         if T.self == Data.self { return try tag(at: offset) == BinaryTag.bytes }
         #endif
         #if _endian(little)
-        if T.self == [Int].self || T.self == [Int64].self { return try tag(at: offset) == BinaryTag.packedI64 }
-        if T.self == [Double].self { return try tag(at: offset) == BinaryTag.packedF64 }
-        if T.self == [Int32].self { return try tag(at: offset) == BinaryTag.packedI32 }
-        if T.self == [UInt64].self { return try tag(at: offset) == BinaryTag.packedU64 }
-        if T.self == [UInt32].self { return try tag(at: offset) == BinaryTag.packedU32 }
-        if T.self == [Float].self { return try tag(at: offset) == BinaryTag.packedF32 }
+        if isFastType(T.self, FastTypes.ints) || isFastType(T.self, FastTypes.int64s) { return try tag(at: offset) == BinaryTag.packedI64 }
+        if isFastType(T.self, FastTypes.doubles) { return try tag(at: offset) == BinaryTag.packedF64 }
+        if isFastType(T.self, FastTypes.int32s) { return try tag(at: offset) == BinaryTag.packedI32 }
+        if isFastType(T.self, FastTypes.uint64s) { return try tag(at: offset) == BinaryTag.packedU64 }
+        if isFastType(T.self, FastTypes.uint32s) { return try tag(at: offset) == BinaryTag.packedU32 }
+        if isFastType(T.self, FastTypes.floats) { return try tag(at: offset) == BinaryTag.packedF32 }
         #endif
         return false
     }
@@ -220,7 +236,7 @@ extension _DecodingContext {
             let (value, next) = try readBool(at: offset)
             end = next
             return _identityCast(value, to: T.self)
-        } else if T.self == [UInt8].self {
+        } else if isFastType(T.self, FastTypes.bytes) {
             let (count, start) = try readCount(at: offset + 1, elementSize: 1)
             end = start + count
             return _identityCast(Array(UnsafeRawBufferPointer(start: base + start, count: count)), to: T.self)
@@ -233,13 +249,13 @@ extension _DecodingContext {
         }
         #endif
         #if _endian(little)
-        if T.self == [Int].self { return _identityCast(try readPacked(Int.self, at: offset, end: &end), to: T.self) }
-        if T.self == [Double].self { return _identityCast(try readPacked(Double.self, at: offset, end: &end), to: T.self) }
-        if T.self == [Int64].self { return _identityCast(try readPacked(Int64.self, at: offset, end: &end), to: T.self) }
-        if T.self == [Int32].self { return _identityCast(try readPacked(Int32.self, at: offset, end: &end), to: T.self) }
-        if T.self == [UInt64].self { return _identityCast(try readPacked(UInt64.self, at: offset, end: &end), to: T.self) }
-        if T.self == [UInt32].self { return _identityCast(try readPacked(UInt32.self, at: offset, end: &end), to: T.self) }
-        if T.self == [Float].self { return _identityCast(try readPacked(Float.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.ints) { return _identityCast(try readPacked(Int.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.doubles) { return _identityCast(try readPacked(Double.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.int64s) { return _identityCast(try readPacked(Int64.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.int32s) { return _identityCast(try readPacked(Int32.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.uint64s) { return _identityCast(try readPacked(UInt64.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.uint32s) { return _identityCast(try readPacked(UInt32.self, at: offset, end: &end), to: T.self) }
+        if isFastType(T.self, FastTypes.floats) { return _identityCast(try readPacked(Float.self, at: offset, end: &end), to: T.self) }
         #endif
         preconditionFailure("decodeFastPath called for \(T.self) without a fast path")
     }

@@ -69,6 +69,8 @@ final class IOLoop: @unchecked Sendable {
                 }
                 if exited != 0 { collectExit(slot) }
             }
+            // Everything dispatched while reading goes out now, one write per worker.
+            core.locked { core.flushAllLocked() }
         }
         finish()
     }
@@ -127,7 +129,7 @@ final class IOLoop: @unchecked Sendable {
                 _ = slot.inFlight.popFirst()
                 let sample = Double(runNanos)
                 slot.averageNanos = slot.averageNanos == 0 ? sample : slot.averageNanos * 0.8 + sample * 0.2
-                core.dispatchLocked()
+                core.dispatchLocked(deferWrites: true)
                 return head
             }
             guard let item else { return }

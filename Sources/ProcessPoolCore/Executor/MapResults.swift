@@ -17,9 +17,8 @@ extension ProcessPoolExecutor {
         if let bufferSize, bufferSize < 1 {
             throw ProcessPoolError.invalidOption("buffersize must be None or >= 1.")
         }
-        guard core.registry.contains(S.Element.taskName) else {
-            throw ProcessPoolError.unregisteredTask(S.Element.taskName)
-        }
+        let name = TaskNames.name(of: S.Element.self)
+        guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
         if let broken = core.brokenReason { throw BrokenProcessPool(reason: broken) }
         let deadline = MonotonicClock.deadline(after: timeout)
         var iterator = tasks.makeIterator()

@@ -219,9 +219,16 @@ package final class PoolCore: @unchecked Sendable {
     // MARK: Dispatching
 
     /// Hands pending items to workers with room, least loaded first (lock held).
-    func dispatchLocked() {
+    ///
+    /// A worker that was idle is written to at once (the caller's thread, no
+    /// hop: lowest latency). Bytes for a busy worker are left for the I/O
+    /// thread, which writes everything queued in one call per worker (many
+    /// frames per syscall under load). `deferWrites`: the I/O thread itself
+    /// is dispatching and flushes after it has read all it could.
+    func dispatchLocked(deferWrites: Bool = false) {
         guard broken == nil else { return }
-        var touched: [WorkerSlot] = []
+        var idleTouched: [WorkerSlot] = []
+        var busyTouched = false
         while !pending.isEmpty {
             var best: WorkerSlot?
             for slot in workers where slot.canTakeWork {
@@ -230,18 +237,30 @@ package final class PoolCore: @unchecked Sendable {
             guard let slot = best else { break }
             var item = pending.popFirst()!
             guard item.sink.markRunning() else { continue }
+            let wasIdle = slot.inFlight.isEmpty && !slot.hasOutbound
             slot.enqueue(item.frame)
             item.frame = []
             slot.inFlight.append(item)
             if let left = slot.tasksLeft { slot.tasksLeft = left - 1 }
-            if !touched.contains(where: { $0 === slot }) { touched.append(slot) }
+            if wasIdle && !deferWrites {
+                idleTouched.append(slot)
+            } else {
+                busyTouched = true
+            }
         }
-        var needsPoll = false
-        for slot in touched {
+        var needsPoll = busyTouched && !deferWrites
+        for slot in idleTouched {
             if !slot.flush() { slot.streamClosed = true }
             if slot.hasOutbound { needsPoll = true }
         }
         if needsPoll { wakeLocked() }
+    }
+
+    /// Writes what is queued for every worker (lock held; the I/O thread).
+    func flushAllLocked() {
+        for slot in workers where slot.hasOutbound && !slot.streamClosed {
+            if !slot.flush() { slot.streamClosed = true }
+        }
     }
 
     /// Sends the exit frame to a worker (lock held).

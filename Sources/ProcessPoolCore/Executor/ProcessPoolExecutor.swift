@@ -64,7 +64,8 @@ public final class ProcessPoolExecutor: Sendable {
 
     /// Encodes calls into one `run` frame.
     func makeItem<T: ProcessTask>(_ tasks: some Collection<T>, sink: any WorkSink) throws -> WorkItem {
-        guard core.registry.contains(T.taskName) else { throw ProcessPoolError.unregisteredTask(T.taskName) }
+        let name = TaskNames.name(of: T.self)
+        guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
         let id = core.makeItemID()
         var frame = FrameBuilder(capacity: 64)
         frame.begin(.run)
@@ -72,7 +73,7 @@ public final class ProcessPoolExecutor: Sendable {
         frame.writer.writeVarint(UInt64(tasks.count))
         let encoder = BinaryEncoder()
         for task in tasks {
-            frame.writer.writeString(T.taskName)
+            frame.writer.writeString(name)
             try frame.writePayload { try encoder.encode(task, into: &$0) }
         }
         try frame.end()

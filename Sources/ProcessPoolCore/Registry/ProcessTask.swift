@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A unit of work: the value is the call (function + arguments), `run()`
 /// executes in a worker.
 ///
@@ -19,4 +21,18 @@ public protocol ProcessTask: Codable, Sendable {
 extension ProcessTask {
     /// The type's name, as `String(describing:)` spells it.
     public static var taskName: String { String(describing: Self.self) }
+}
+
+/// `taskName` per type, computed once: the default spells the type's name
+/// through reflection, which costs microseconds on every submit.
+package enum TaskNames {
+    private static let cache = Mutex<[ObjectIdentifier: String]>([:])
+
+    package static func name<T: ProcessTask>(of type: T.Type) -> String {
+        let key = ObjectIdentifier(type)
+        if let name = cache.withLock({ $0[key] }) { return name }
+        let name = T.taskName
+        cache.withLock { $0[key] = name }
+        return name
+    }
 }

@@ -30,7 +30,8 @@ package final class FrameSplitter {
         UnsafeMutableRawPointer(dst).copyMemory(from: storage + offset, byteCount: count)
     }
 
-    /// Bytes the frame being received still needs (64 KiB when unknown).
+    /// Bytes the frame being received still needs (64 KiB when unknown), so
+    /// a large frame gets its whole buffer at once rather than by doubling.
     private var bytesWanted: Int {
         if preamblePending { return max(1, WireProtocol.preamble.count - available) }
         guard available >= WireProtocol.headerBytes else { return 64 * 1024 }
@@ -42,8 +43,7 @@ package final class FrameSplitter {
     /// Makes room and lets `read` fill it: `read` gets free space and returns
     /// how many bytes it stored (<= 0 is passed back untouched).
     package func fill(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
-        let want = min(bytesWanted, 16 * 1024 * 1024)
-        reserveFree(want)
+        reserveFree(bytesWanted)
         let got = read(UnsafeMutableRawBufferPointer(start: storage + writeIndex, count: capacity - writeIndex))
         if got > 0 { writeIndex += got }
         return got
@@ -64,6 +64,7 @@ package final class FrameSplitter {
         }
         var newCapacity = capacity
         while newCapacity - writeIndex < want { newCapacity *= 2 }
+        if want > 1 << 20 { newCapacity = writeIndex + want }
         let bigger = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
         bigger.copyMemory(from: storage, byteCount: writeIndex)
         storage.deallocate()
@@ -71,9 +72,10 @@ package final class FrameSplitter {
         capacity = newCapacity
     }
 
-    /// Gives back memory after a large frame.
+    /// Gives back memory after a frame over 128 MiB (smaller buffers are kept:
+    /// a fresh 64 MiB buffer costs more in page faults than its copy).
     package func shrinkIfIdle() {
-        guard available == 0, capacity > 4 * 1024 * 1024 else { return }
+        guard available == 0, capacity > 128 * 1024 * 1024 else { return }
         storage.deallocate()
         capacity = 64 * 1024
         storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)

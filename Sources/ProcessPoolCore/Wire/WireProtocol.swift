@@ -91,6 +91,12 @@ package struct FrameBuilder {
     }
 
     package var count: Int { writer.count }
+
+    /// Empties the builder, keeping its memory for the next frames.
+    package mutating func reset() {
+        writer.bytes.removeAll(keepingCapacity: true)
+        start = 0
+    }
 }
 
 extension ByteReader {

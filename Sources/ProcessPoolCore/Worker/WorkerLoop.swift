@@ -13,7 +13,7 @@ public enum ProcessPoolWorker {
     /// 1 if the initializer failed, 2 on a protocol error.
     public static func serve(descriptor: Int32, registry: TaskRegistry) -> Int32 {
         activeDescriptor = descriptor
-        var loop = WorkerLoop(stream: WorkerStream(fd: descriptor), registry: registry)
+        let loop = WorkerLoop(stream: WorkerStream(fd: descriptor), registry: registry)
         return loop.run()
     }
 
@@ -26,7 +26,7 @@ public enum ProcessPoolWorker {
         guard output >= 0 else { return 2 }
         _ = dup2(2, 1)
         activeDescriptor = output
-        var loop = WorkerLoop(stream: WorkerStream(input: 0, output: output), registry: registry)
+        let loop = WorkerLoop(stream: WorkerStream(input: 0, output: output), registry: registry)
         return loop.run()
     }
 }
@@ -39,7 +39,9 @@ extension ProcessPoolWorker {
 /// Flush results at once when tasks take longer than this (ns); batch below.
 private let batchThresholdNanos: Double = 50_000
 
-struct WorkerLoop {
+/// A class, not a struct: the frame handler runs inside a closure, and a
+/// struct would be copied there along with its output buffer.
+final class WorkerLoop {
     var stream: WorkerStream
     let registry: TaskRegistry
     let splitter = FrameSplitter(expectPreamble: false)
@@ -54,7 +56,7 @@ struct WorkerLoop {
         self.registry = registry
     }
 
-    mutating func run() -> Int32 {
+    func run() -> Int32 {
         guard WireProtocol.preamble.withUnsafeBytes({ stream.writeAll($0) }) else { return 0 }
         while true {
             do {
@@ -74,14 +76,17 @@ struct WorkerLoop {
         }
     }
 
-    private mutating func flush() {
+    private func flush() {
         cpp_flush_stdout()
         guard out.count > 0 else { return }
-        let bytes = out.take()
-        if !stream.writeAll(bytes) { finished = finished ?? 0 }
+        let ok = out.writer.bytes.withUnsafeBytes { stream.writeAll($0) }
+        if !ok { finished = finished ?? 0 }
+        // Keep the memory: a fresh buffer for every large result costs more in
+        // page faults than the copy itself.
+        out.reset()
     }
 
-    private mutating func handle(_ kind: FrameKind, _ body: UnsafeRawBufferPointer) throws {
+    private func handle(_ kind: FrameKind, _ body: UnsafeRawBufferPointer) throws {
         var reader = ByteReader(body)
         switch kind {
         case .configure:
@@ -141,7 +146,7 @@ struct WorkerLoop {
         }
     }
 
-    private mutating func goodbye(_ reason: GoodbyeReason) {
+    private func goodbye(_ reason: GoodbyeReason) {
         out.begin(.goodbye)
         out.writer.writeVarint(reason.rawValue)
         try? out.end()
