@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "ProcessPool", targets: ["ProcessPool"]),
         .executable(name: "primes", targets: ["Primes"]),
         .executable(name: "pool-bench", targets: ["PoolBench"]),
+        .library(name: "ProcessPoolSSH", targets: ["ProcessPoolSSH"]),
+        .executable(name: "ssh-farm", targets: ["SSHFarm"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -36,6 +38,27 @@ let package = Package(
             dependencies: ["ProcessPoolCore", "ProcessPoolLocal", "CProcessPoolShim"],
             path: "Sources/ProcessPool"
         ),
+        // libssh2 (Debian: libssh2-1-dev), found through pkg-config.
+        .systemLibrary(
+            name: "CLibSSH2",
+            path: "Transports/CLibSSH2",
+            pkgConfig: "libssh2",
+            providers: [.apt(["libssh2-1-dev"])]
+        ),
+        // The ssh start method: remote worker farms through libssh2.
+        .target(
+            name: "ProcessPoolSSH",
+            dependencies: [
+                "ProcessPool", "ProcessPoolCore", "CLibSSH2", "CProcessPoolShim",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Transports/ProcessPoolSSH"
+        ),
+        .executableTarget(
+            name: "SSHFarm",
+            dependencies: ["ProcessPoolSSH", "ProcessPool"],
+            path: "Examples/SSHFarm"
+        ),
         .executableTarget(
             name: "Primes",
             dependencies: ["ProcessPool"],
@@ -62,6 +85,11 @@ let package = Package(
             name: "ProcessPoolTests",
             dependencies: ["ProcessPool", "PoolTestSupport", "PoolTestWorker"],
             path: "Tests/ProcessPoolTests"
+        ),
+        .testTarget(
+            name: "ProcessPoolSSHTests",
+            dependencies: ["ProcessPoolSSH", "ProcessPool", "PoolTestSupport", "PoolTestWorker", "SSHFarm"],
+            path: "Tests/ProcessPoolSSHTests"
         ),
     ]
 )

@@ -3,7 +3,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("Broken pool (SEMANTICS D)")
+@Suite("Broken pool (SEMANTICS D)", .timeLimit(.minutes(3)))
 struct BrokenPoolTests {
     @Test("D18/D20: a worker killed mid-task breaks the pool, naming the worker and its end",
           arguments: localMethods, [Die.How.sigkill, .sigsegv, .exit3])

@@ -156,7 +156,8 @@ final class IOLoop: @unchecked Sendable {
                 }
             }
             core.locked {
-                if !slot.label.contains("pid") { slot.label = "pid \(pid) \(slot.label)" }
+                // Transports that cannot know the pid (ssh) name the host; the hello names the pid.
+                if !slot.label.contains("pid") { slot.label = "pid \(pid) on \(slot.label)" }
                 if let failure {
                     core.breakLocked("the initializer failed in worker \(slot.label): \(failure)")
                     return

@@ -1,0 +1,33 @@
+/// What a private key file is, read before libssh2 tries it, so that an
+/// encrypted key without a passphrase or an RSA key gets a clear error
+/// instead of libssh2's generic one.
+struct KeyFileInfo {
+    var isEncrypted: Bool
+    var isRSA: Bool
+
+    /// Inspects an OpenSSH ("openssh-key-v1") or PEM private key; nil if unreadable.
+    init?(path: String) {
+        guard let text = readTextFile(path) else { return nil }
+        if text.contains("BEGIN OPENSSH PRIVATE KEY") {
+            let body = text.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+            guard let blob = Base64.decode(Substring(body)) else { return nil }
+            let magic = Array("openssh-key-v1".utf8) + [0]
+            guard blob.starts(with: magic) else { return nil }
+            var reader = SSHWireReader(bytes: blob, offset: magic.count)
+            let cipher = reader.string().map { String(decoding: $0, as: UTF8.self) } ?? "none"
+            _ = reader.string()  // kdf name
+            _ = reader.string()  // kdf options
+            reader.offset += 4  // key count
+            var keyType = ""
+            if let publicKey = reader.string() {
+                var inner = SSHWireReader(bytes: publicKey)
+                keyType = inner.string().map { String(decoding: $0, as: UTF8.self) } ?? ""
+            }
+            isEncrypted = cipher != "none"
+            isRSA = keyType == "ssh-rsa"
+        } else {
+            isEncrypted = text.contains("ENCRYPTED")
+            isRSA = text.contains("BEGIN RSA PRIVATE KEY")
+        }
+    }
+}
