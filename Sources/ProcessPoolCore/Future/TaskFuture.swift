@@ -184,6 +184,12 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// Blocks the thread until done or `deadline`; false on time-out.
     func blockUntilDone(deadline: UInt64?) -> Bool {
         if isDone { return true }
+        // A short spin first: a result a round trip away usually arrives in
+        // tens of microseconds, sooner than a sleeping thread can be woken.
+        let spinUntil = MonotonicClock.now() &+ 30_000
+        while MonotonicClock.now() < spinUntil {
+            if isDone { return true }
+        }
         let waiter = FutureWaiter(event: OneShotEvent())
         guard register(waiter) else { return true }
         if waiter.event!.wait(untilNanos: deadline) { return true }
