@@ -56,11 +56,8 @@ func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
     closeDescriptor(channel.childEnd)
     let pidfd: Int32
     do {
-        pidfd = try openPidfd(pid)
+        pidfd = try openPidfdOrReap(pid)
     } catch {
-        _ = Glibc.kill(pid, SIGKILL)
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
         closeDescriptor(channel.parentEnd)
         throw error
     }

@@ -51,25 +51,7 @@ final class ForkServerProcess: Sendable {
             closeDescriptor(channel.childEnd)
             throw failure
         }
-        let pid: pid_t
-        do {
-            pid = try ProcessSpawner.spawn(executable: executable, role: .forkserver, channel: channel)
-        } catch {
-            closeDescriptor(channel.parentEnd)
-            closeDescriptor(channel.childEnd)
-            throw error
-        }
-        closeDescriptor(channel.childEnd)
-        let pidfd: Int32
-        do {
-            pidfd = try openPidfd(pid)
-        } catch {
-            _ = Glibc.kill(pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            closeDescriptor(channel.parentEnd)
-            throw error
-        }
+        let (pid, pidfd) = try ProcessSpawner.start(executable: executable, role: .forkserver, channel: channel)
         ParentDescriptors.insert(channel.parentEnd)
         ParentDescriptors.insert(pidfd)
         return ForkServerProcess(executable: executable, pid: pid, pidfd: pidfd, control: channel.parentEnd,

@@ -77,9 +77,16 @@ struct Channel {
     }
 }
 
-/// Opens a pidfd for a child we just started.
-func openPidfd(_ pid: pid_t) throws -> Int32 {
+/// Opens a pidfd for a child we just started; if that fails the child is
+/// killed and reaped (no zombie) and the error thrown.
+func openPidfdOrReap(_ pid: pid_t) throws -> Int32 {
     let fd = cpp_pidfd_open(pid)
-    guard fd >= 0 else { throw SystemError("pidfd_open") }
+    guard fd >= 0 else {
+        let failure = SystemError("pidfd_open")
+        _ = Glibc.kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        throw failure
+    }
     return fd
 }

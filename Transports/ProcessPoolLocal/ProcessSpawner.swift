@@ -21,6 +21,20 @@ enum ProcessSpawner {
         return pid
     }
 
+    /// Spawns `executable` in `role` on `channel` and watches it: returns its
+    /// pid and pidfd. The child's end of the channel is closed either way;
+    /// on failure the parent's end too.
+    static func start(executable: String, role: WorkerEnvironment.Role, channel: Channel) throws -> (pid_t, Int32) {
+        defer { closeDescriptor(channel.childEnd) }
+        do {
+            let pid = try spawn(executable: executable, role: role, channel: channel)
+            return (pid, try openPidfdOrReap(pid))
+        } catch {
+            closeDescriptor(channel.parentEnd)
+            throw error
+        }
+    }
+
     private static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
         let pointers = strings.map { strdup($0) } + [nil]
         defer { for p in pointers { free(p) } }

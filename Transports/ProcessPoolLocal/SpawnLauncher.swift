@@ -24,25 +24,7 @@ struct SpawnSession: LaunchSession {
 
     private static func start(executable: String) throws -> any WorkerConnection {
         let channel = try Channel.make()
-        let pid: pid_t
-        do {
-            pid = try ProcessSpawner.spawn(executable: executable, role: .worker, channel: channel)
-        } catch {
-            closeDescriptor(channel.parentEnd)
-            closeDescriptor(channel.childEnd)
-            throw error
-        }
-        closeDescriptor(channel.childEnd)
-        let pidfd: Int32
-        do {
-            pidfd = try openPidfd(pid)
-        } catch {
-            _ = Glibc.kill(pid, SIGKILL)
-            var status: Int32 = 0
-            _ = waitpid(pid, &status, 0)
-            closeDescriptor(channel.parentEnd)
-            throw error
-        }
+        let (pid, pidfd) = try ProcessSpawner.start(executable: executable, role: .worker, channel: channel)
         return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd, startMethod: "spawn")
     }
 
