@@ -41,6 +41,7 @@ extension ProcessPoolExecutor {
 
 /// The outputs of `ProcessPoolExecutor.map`, in input order. Iterate it once.
 public struct MapResults<Output: Codable & Sendable>: AsyncSequence, @unchecked Sendable {
+    /// One task's output.
     public typealias Element = Output
     let state: MapState<Output>
 
