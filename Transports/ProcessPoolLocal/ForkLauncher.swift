@@ -15,21 +15,9 @@ struct ForkLauncher: WorkerLauncher {
     var supportsMaxTasksPerChild: Bool { false }
 
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
-        ForkSession(registry: pool.registry)
+        let registry = pool.registry
+        return LauncherThreadSession { try forkWorker(registry: registry) }
     }
-}
-
-struct ForkSession: LaunchSession {
-    let registry: TaskRegistry
-
-    func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
-        let registry = self.registry
-        LauncherThread.shared.enqueue {
-            completion(Result { try forkWorker(registry: registry) })
-        }
-    }
-
-    func close() {}
 }
 
 /// Forks a child that serves `registry` over a new channel; returns our side.
@@ -61,5 +49,5 @@ func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
         closeDescriptor(channel.parentEnd)
         throw error
     }
-    return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd, startMethod: "fork")
+    return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd)
 }

@@ -22,22 +22,9 @@ struct ForkServerLauncher: WorkerLauncher {
     let executable: String
     var name: String { "forkserver" }
 
+    /// The server outlives the pool: the session releases nothing.
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
-        ForkServerSession(executable: executable)
-    }
-}
-
-/// A pool's use of the forkserver. The server outlives the pool: `close()`
-/// releases nothing.
-struct ForkServerSession: LaunchSession {
-    let executable: String
-
-    func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
         let executable = self.executable
-        LauncherThread.shared.enqueue {
-            completion(Result { try ForkServerClient.startWorker(executable: executable) })
-        }
+        return LauncherThreadSession { try ForkServerClient.startWorker(executable: executable) }
     }
-
-    func close() {}
 }

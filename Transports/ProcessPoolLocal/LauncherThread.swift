@@ -47,6 +47,19 @@ final class LauncherThread: @unchecked Sendable {
     }
 }
 
+/// A pool's session for the local start methods: each launch runs `start`
+/// on the launcher thread. Nothing is shared per pool, so `close()` is empty.
+struct LauncherThreadSession: LaunchSession {
+    let start: @Sendable () throws -> any WorkerConnection
+
+    func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
+        let start = self.start
+        LauncherThread.shared.enqueue { completion(Result { try start() }) }
+    }
+
+    func close() {}
+}
+
 private final class ResultBox<R>: @unchecked Sendable {
     var value: R?
 }

@@ -12,7 +12,7 @@ final class LocalWorkerConnection: WorkerConnection {
     let label: String
     private let reaped = Mutex<WorkerExit?>(nil)
 
-    init(pid: pid_t, stream: Int32, pidfd: Int32, startMethod: String) {
+    init(pid: pid_t, stream: Int32, pidfd: Int32) {
         self.pid = pid
         self.streamDescriptor = stream
         self.exitDescriptor = pidfd
