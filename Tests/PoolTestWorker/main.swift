@@ -67,7 +67,7 @@ func childProcesses(excludingServer: Bool) -> (pids: [Int32], live: Int, zombies
         let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
             String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
         }
-        guard let pid = Int32(name), let stat = readFile("/proc/\(name)/stat"),
+        guard let pid = Int32(name), let stat = readTextFile("/proc/\(name)/stat"),
               let close = stat.lastIndex(of: ")") else { continue }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         guard fields.count > 2, let ppid = Int32(fields[1]) else { continue }
@@ -97,18 +97,5 @@ func childProcesses(excludingServer: Bool) -> (pids: [Int32], live: Int, zombies
 /// The forkserver is the child started with the forkserver role (its
 /// initial environment, in /proc, still shows it).
 func isForkServer(_ pid: Int32) -> Bool {
-    (readFile("/proc/\(pid)/environ") ?? "").contains("SWIFT_PROCESSPOOL_ROLE=forkserver")
-}
-
-func readFile(_ path: String) -> String? {
-    guard let f = fopen(path, "r") else { return nil }
-    defer { fclose(f) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, f)
-        if n <= 0 { break }
-        bytes += buffer[0..<n]
-    }
-    return String(decoding: bytes, as: UTF8.self)
+    (readTextFile("/proc/\(pid)/environ") ?? "").contains("SWIFT_PROCESSPOOL_ROLE=forkserver")
 }

@@ -7,13 +7,6 @@ import Testing
 /// ssh-agent authentication and ~/.ssh/config resolution, against a real sshd.
 @Suite("ssh agent and config", .serialized, .timeLimit(.minutes(3)))
 struct SSHAuthAndConfigTests {
-    func withServer(_ body: (SSHDFixture) async throws -> Void) async throws {
-        guard SSHDFixture.available() else { return }
-        let server = try SSHDFixture()
-        defer { server.stop() }
-        try await body(server)
-    }
-
     @Test("a Host alias in the ssh config supplies HostName, Port, User and IdentityFile")
     func configAlias() async throws {
         try await withServer { server in

@@ -185,17 +185,16 @@ func portOpen(_ port: Int) -> Bool {
     }
 }
 
-func readText(_ path: String) -> String {
-    guard let f = fopen(path, "r") else { return "" }
-    defer { fclose(f) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, f)
-        if n <= 0 { break }
-        bytes += buffer[0..<n]
-    }
-    return String(decoding: bytes.map { $0 == 0 ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
+/// A file's text ("" if it cannot be read), NULs shown as spaces.
+func readText(_ path: String) -> String { readTextFile(path) ?? "" }
+
+/// Runs `body` with a fresh sshd, stopped afterwards; skips (or fails under
+/// PROCESSPOOL_REQUIRE_ALL_TESTS=1) when sshd is missing.
+func withServer(_ body: (SSHDFixture) async throws -> Void) async throws {
+    guard SSHDFixture.available() else { return }
+    let server = try SSHDFixture()
+    defer { server.stop() }
+    try await body(server)
 }
 
 func writeFile(_ path: String, _ text: String) throws {

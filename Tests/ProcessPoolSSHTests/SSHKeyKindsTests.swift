@@ -8,13 +8,6 @@ import Testing
 /// session's channels, against a real sshd.
 @Suite("ssh keys and sessions", .serialized, .timeLimit(.minutes(3)))
 struct SSHKeyKindsTests {
-    func withServer(_ body: (SSHDFixture) async throws -> Void) async throws {
-        guard SSHDFixture.available() else { return }
-        let server = try SSHDFixture()
-        defer { server.stop() }
-        try await body(server)
-    }
-
     /// Makes a key of `type` in the fixture's directory and authorizes it.
     func authorizedKey(_ server: SSHDFixture, type: String, bits: String? = nil, passphrase: String = "") throws -> String {
         let path = server.directory + "/key_" + type + (passphrase.isEmpty ? "" : "_enc")

@@ -8,13 +8,6 @@ import Testing
 @Suite("ssh start method", .serialized, .timeLimit(.minutes(3)))
 struct SSHPoolTests {
     /// Runs `body` with a fresh sshd (skipped when sshd is missing).
-    func withServer(_ body: (SSHDFixture) async throws -> Void) async throws {
-        guard SSHDFixture.available() else { return }
-        let server = try SSHDFixture()
-        defer { server.stop() }
-        try await body(server)
-    }
-
     @Test("submit, map and errors over ssh")
     func submitMapErrors() async throws {
         try await withServer { server in
