@@ -94,10 +94,4 @@ package struct ByteReader {
         }
         return s
     }
-
-    /// Reads a varint-length-prefixed byte array.
-    package mutating func readBytes() throws -> [UInt8] {
-        let n = try readLength()
-        return Array(try readRaw(n))
-    }
 }

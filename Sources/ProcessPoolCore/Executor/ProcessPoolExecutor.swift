@@ -77,7 +77,7 @@ public final class ProcessPoolExecutor: Sendable {
             try frame.writePayload { try encoder.encode(task, into: &$0) }
         }
         try frame.end()
-        return WorkItem(id: id, calls: tasks.count, frame: frame.take(), sink: sink)
+        return WorkItem(id: id, frame: frame.take(), sink: sink)
     }
 
     /// Stops accepting work. `wait`: block until pending and running work

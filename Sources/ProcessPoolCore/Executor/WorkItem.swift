@@ -22,8 +22,6 @@ package struct OutcomeContext {
 /// One message's worth of work: an encoded `run` frame and where its results go.
 package struct WorkItem: Sendable {
     package let id: UInt64
-    /// How many calls the frame carries (1, or a map chunk's size).
-    package let calls: Int
     package var frame: [UInt8]
     package let sink: any WorkSink
 }

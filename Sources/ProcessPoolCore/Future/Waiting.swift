@@ -98,7 +98,7 @@ extension TaskFuture {
 final class ChangeSignal: Sendable {
     private struct State {
         var generation = 0
-        var waiters: [(Int, UnsafeContinuation<Void, Never>)] = []
+        var waiters: [UnsafeContinuation<Void, Never>] = []
     }
 
     private let state = Mutex(State())
@@ -109,7 +109,7 @@ final class ChangeSignal: Sendable {
         let ready = state.withLock { s -> [UnsafeContinuation<Void, Never>] in
             s.generation += 1
             defer { s.waiters = [] }
-            return s.waiters.map(\.1)
+            return s.waiters
         }
         for continuation in ready { continuation.resume() }
     }
@@ -126,7 +126,7 @@ final class ChangeSignal: Sendable {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             let resumeNow = state.withLock { s -> Bool in
                 if s.generation != seen { return true }
-                s.waiters.append((seen, continuation))
+                s.waiters.append(continuation)
                 return false
             }
             if resumeNow { continuation.resume() }

@@ -60,8 +60,6 @@ package final class OneShotEvent: @unchecked Sendable {
         }
     }
 
-    package var hasFired: Bool { lock.withLock { isSet } }
-
     /// Returns false if `deadline` passed first.
     @discardableResult
     package func wait(untilNanos deadline: UInt64? = nil) -> Bool {

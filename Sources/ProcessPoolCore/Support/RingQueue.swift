@@ -40,9 +40,4 @@ package struct RingQueue<Element> {
         storage = kept.map { Optional($0) }
         head = 0
     }
-
-    /// Visits every element, oldest first.
-    package func forEach(_ body: (Element) -> Void) {
-        for case let element? in storage[head...] { body(element) }
-    }
 }

@@ -112,7 +112,4 @@ package final class FrameSplitter {
         try body(kind, UnsafeRawBufferPointer(start: storage + start + 1, count: length - 1))
         return true
     }
-
-    /// Whether unparsed bytes remain (a truncated frame at EOF).
-    package var hasPartialFrame: Bool { available > 0 }
 }
