@@ -144,9 +144,10 @@ package final class PoolCore: @unchecked Sendable {
             let session = try launcher.makeSession(for: PoolDescription(registry: registry, maxWorkers: maxWorkers))
             locked { self.session = session }
         } catch {
-            locked { breakLocked("could not start the \(launcher.name) start method: \(error)") }
+            let reason = "could not start the \(launcher.name) start method: \(error)"
+            locked { breakLocked(reason) }
             startIOThread()
-            throw BrokenProcessPool(reason: "could not start the \(launcher.name) start method: \(error)")
+            throw BrokenProcessPool(reason: reason)
         }
         if launcher.startsAllWorkersAtOnce {
             let group = CountdownEvent(count: maxWorkers)
