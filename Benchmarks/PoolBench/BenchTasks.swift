@@ -2,7 +2,7 @@ import Glibc
 import ProcessPool
 
 /// Returns its argument: the "trivial task".
-struct Noop: ProcessTask {
+struct Noop: ProcessTask, BitwiseCodable {
     var x: Int
     func run() -> Int { x }
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -309,4 +310,11 @@ int cpp_unix_connect_abstract(const void *name, size_t len) {
 
 int cpp_accept_nonblocking(int listener) {
     return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+void cpp_advise_hugepages(void *base, size_t len) {
+    const uintptr_t huge = 2u << 20;
+    uintptr_t start = ((uintptr_t)base + huge - 1) & ~(huge - 1);
+    uintptr_t end = ((uintptr_t)base + len) & ~(huge - 1);
+    if (end > start) (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
 }

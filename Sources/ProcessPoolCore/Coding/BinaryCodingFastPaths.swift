@@ -15,6 +15,7 @@ import FoundationEssentials
 //   keyed                                  tag + u32 byte length + (key string, value)*
 //   unkeyed                                tag + u32 byte length + value*
 //   some                                   tag + value that itself starts with null/some
+//   attachment                             tag + varint index of a frame attachment (large [UInt8])
 //
 // Containers carry their byte length (patched when they close), so skipping one
 // is O(1) and keyed lookups may happen in any order. Keys are always
@@ -50,6 +51,12 @@ enum BinaryTag {
     static let packedU32: UInt8 = 0x18
     static let packedF64: UInt8 = 0x19
     static let packedF32: UInt8 = 0x1A
+    /// A `[UInt8]` sent beside the encoding, as one of its frame's attachments.
+    static let attachment: UInt8 = 0x1B
+
+    /// `[UInt8]` values at least this long become attachments when the writer
+    /// collects them: the frame then carries them without a copy.
+    static let attachmentThreshold = 256 * 1024
 
     /// The tag of a fixed-width integer type.
     @inline(__always)
@@ -136,6 +143,12 @@ extension _EncodingContext {
             state.pointee.writer.write(_identityCast(value, to: Bool.self) ? BinaryTag.true : BinaryTag.false)
         } else if isFastType(T.self, FastTypes.bytes) {
             let array = _identityCast(value, to: [UInt8].self)
+            if array.count >= BinaryTag.attachmentThreshold, let index = state.pointee.writer.attachments?.count {
+                state.pointee.writer.attachments!.append(array)
+                state.pointee.writer.write(BinaryTag.attachment)
+                state.pointee.writer.writeVarint(UInt64(index))
+                return true
+            }
             state.pointee.writer.write(BinaryTag.bytes)
             state.pointee.writer.writeVarint(UInt64(array.count))
             array.withUnsafeBufferPointer { state.pointee.writer.bytes.append(contentsOf: $0) }
@@ -202,7 +215,10 @@ extension _DecodingContext {
     @inline(__always)
     func hasFastPath<T: Decodable>(_: T.Type, at offset: Int) throws -> Bool {
         if T.self == String.self || T.self == Int.self || T.self == Double.self || T.self == Bool.self { return true }
-        if isFastType(T.self, FastTypes.bytes) { return try tag(at: offset) == BinaryTag.bytes }
+        if isFastType(T.self, FastTypes.bytes) {
+            let tag = try tag(at: offset)
+            return tag == BinaryTag.bytes || tag == BinaryTag.attachment
+        }
         #if canImport(FoundationEssentials)
         if T.self == Data.self { return try tag(at: offset) == BinaryTag.bytes }
         #endif
@@ -237,6 +253,15 @@ extension _DecodingContext {
             end = next
             return _identityCast(value, to: T.self)
         } else if isFastType(T.self, FastTypes.bytes) {
+            if try tag(at: offset) == BinaryTag.attachment {
+                let (index, next) = try readVarint(at: offset + 1)
+                let attachments = state.pointee.attachments
+                guard index < UInt64(attachments.count) else {
+                    throw Self.corrupted("attachment \(index) at offset \(offset), the frame has \(attachments.count)")
+                }
+                end = next
+                return _identityCast(attachments[Int(index)], to: T.self)
+            }
             let (count, start) = try readCount(at: offset + 1, elementSize: 1)
             end = start + count
             return _identityCast(Array(UnsafeRawBufferPointer(start: base + start, count: count)), to: T.self)

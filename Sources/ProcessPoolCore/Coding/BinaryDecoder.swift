@@ -6,13 +6,16 @@
 /// `codingPath` is not tracked (always empty); error descriptions carry the
 /// byte offset instead.
 package struct BinaryDecoder: Sendable {
-    package init() {}
+    /// The frame's attachments, which `attachment` values refer to by index.
+    let attachments: [[UInt8]]
+
+    package init(attachments: [[UInt8]] = []) { self.attachments = attachments }
 
     package func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws -> T {
         guard let base = bytes.baseAddress, !bytes.isEmpty else {
             throw _DecodingContext.corrupted("empty input")
         }
-        let context = _DecodingContext.make(base: base, count: bytes.count)
+        let context = _DecodingContext.make(base: base, count: bytes.count, attachments: attachments)
         var end = 0
         let value = try withExtendedLifetime(context) { try context.decodeValue(T.self, at: 0, end: &end) }
         guard end == bytes.count else {
@@ -34,6 +37,7 @@ package struct BinaryDecoder: Sendable {
 struct _DecodingState {
     let base: UnsafeRawPointer
     let count: Int
+    let attachments: [[UInt8]]
     var depth = 0
     var nextID = 0
 }
@@ -56,8 +60,10 @@ struct _KeyHint {
 final class _DecodingContext: ManagedBuffer<_DecodingState, _KeyHint> {
     static let hintLevels = 32
 
-    static func make(base: UnsafeRawPointer, count: Int) -> _DecodingContext {
-        let buffer = create(minimumCapacity: hintLevels) { _ in _DecodingState(base: base, count: count) }
+    static func make(base: UnsafeRawPointer, count: Int, attachments: [[UInt8]]) -> _DecodingContext {
+        let buffer = create(minimumCapacity: hintLevels) { _ in
+            _DecodingState(base: base, count: count, attachments: attachments)
+        }
         return unsafeDowncast(buffer, to: _DecodingContext.self)
     }
 
@@ -257,6 +263,8 @@ final class _DecodingContext: ManagedBuffer<_DecodingState, _KeyHint> {
             return start + n
         case BinaryTag.keyed, BinaryTag.unkeyed:
             return try containerBounds(at: offset, tag: tag, type: Any.self).end
+        case BinaryTag.attachment:
+            return try readVarint(at: offset + 1).1
         default:
             throw Self.corrupted("unknown tag 0x\(String(tag, radix: 16)) at offset \(offset)")
         }

@@ -21,11 +21,15 @@ package struct BinaryEncoder: Sendable {
             swap(&state.pointee.writer, &writer)
             defer { swap(&state.pointee.writer, &writer) }
             let mark = state.pointee.writer.count
+            let attachmentMark = state.pointee.writer.attachments?.count ?? 0
             do {
                 try context.encodeValue(value)
                 if let error = state.pointee.deferredError { throw error }
             } catch {
                 state.pointee.writer.bytes.removeSubrange(mark...)
+                if let count = state.pointee.writer.attachments?.count, count > attachmentMark {
+                    state.pointee.writer.attachments!.removeSubrange(attachmentMark...)
+                }
                 throw error
             }
         }

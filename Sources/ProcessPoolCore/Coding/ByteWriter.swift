@@ -3,6 +3,10 @@
 package struct ByteWriter: Sendable {
     /// The bytes written so far.
     package var bytes: [UInt8]
+    /// Large byte arrays the encoder left out of `bytes` (it writes their
+    /// index instead); nil: everything goes inline. Frames send them as
+    /// attachments, without copying them.
+    package var attachments: [[UInt8]]?
 
     package init(capacity: Int = 64) {
         bytes = []

@@ -88,7 +88,9 @@ final class IOLoop: @unchecked Sendable {
             let failure = n < 0 ? errno : 0
             if n > 0 {
                 do {
-                    while try slot.splitter.nextFrame({ kind, body in try handleFrame(slot, kind, body) }) {}
+                    while try slot.splitter.nextFrame({ kind, body, attachments in
+                        try handleFrame(slot, kind, body, attachments)
+                    }) {}
                 } catch {
                     core.locked { core.breakLocked("malformed frame from worker \(slot.label): \(error)") }
                     return
@@ -111,7 +113,8 @@ final class IOLoop: @unchecked Sendable {
         slot.splitter.shrinkIfIdle()
     }
 
-    private func handleFrame(_ slot: WorkerSlot, _ kind: FrameKind, _ body: UnsafeRawBufferPointer) throws {
+    private func handleFrame(_ slot: WorkerSlot, _ kind: FrameKind, _ body: UnsafeRawBufferPointer,
+                             _ attachments: [[UInt8]]) throws {
         var reader = ByteReader(body)
         switch kind {
         case .results:
@@ -133,7 +136,7 @@ final class IOLoop: @unchecked Sendable {
                 return head
             }
             guard let item else { return }
-            let context = OutcomeContext(registry: core.registry, worker: slot.label)
+            let context = OutcomeContext(registry: core.registry, worker: slot.label, attachments: attachments)
             do {
                 try item.sink.complete(outcomes: &reader, count: Int(count), context: context)
             } catch {
@@ -171,7 +174,7 @@ final class IOLoop: @unchecked Sendable {
                 slot.saidGoodbye = true
                 slot.phase = .leaving
             }
-        case .configure, .run, .exit:
+        case .configure, .run, .exit, .attachments:
             throw ProtocolViolation("unexpected frame \(kind) from a worker")
         }
     }

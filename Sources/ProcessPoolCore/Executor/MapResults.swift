@@ -21,17 +21,31 @@ extension ProcessPoolExecutor {
         guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
         if let broken = core.brokenReason { throw BrokenProcessPool(reason: broken) }
         let deadline = MonotonicClock.deadline(after: timeout)
-        var iterator = tasks.makeIterator()
-        var exhausted = false
-        let nextChunk: () throws -> (WorkItem, ChunkSink<S.Element.Output>)? = { [self] in
-            guard !exhausted else { return nil }
-            var chunk: [S.Element] = []
-            chunk.reserveCapacity(chunkSize)
-            while chunk.count < chunkSize, let task = iterator.next() { chunk.append(task) }
-            if chunk.count < chunkSize { exhausted = true }
-            guard !chunk.isEmpty else { return nil }
-            let sink = ChunkSink<S.Element.Output>(expected: chunk.count)
-            return (try makeItem(chunk, sink: sink), sink)
+        let nextChunk: () throws -> (WorkItem, ChunkSink<S.Element.Output>)?
+        if let array = tasks as? [S.Element] {
+            // An array is cut into slices: no per-element iteration, and a
+            // block of BitwiseCodable tasks is copied straight from it.
+            var start = array.startIndex
+            nextChunk = { [self] in
+                guard start < array.endIndex else { return nil }
+                let end = min(start + chunkSize, array.endIndex)
+                defer { start = end }
+                let sink = ChunkSink<S.Element.Output>(expected: end - start)
+                return (try makeItem(array[start..<end], sink: sink), sink)
+            }
+        } else {
+            var iterator = tasks.makeIterator()
+            var exhausted = false
+            nextChunk = { [self] in
+                guard !exhausted else { return nil }
+                var chunk: [S.Element] = []
+                chunk.reserveCapacity(chunkSize)
+                while chunk.count < chunkSize, let task = iterator.next() { chunk.append(task) }
+                if chunk.count < chunkSize { exhausted = true }
+                guard !chunk.isEmpty else { return nil }
+                let sink = ChunkSink<S.Element.Output>(expected: chunk.count)
+                return (try makeItem(chunk, sink: sink), sink)
+            }
         }
         let state = MapState<S.Element.Output>(pool: self, deadline: deadline, nextChunk: nextChunk)
         try state.submitAhead(limit: bufferSize)
@@ -46,92 +60,53 @@ public struct MapResults<Output: Codable & Sendable>: AsyncSequence, @unchecked 
     let state: MapState<Output>
 
     /// The iterator; errors surface at the failing item.
+    ///
+    /// It hands out a chunk's outputs from a buffer of its own, in code the
+    /// compiler specializes at the call site: most calls cost an array read.
     public struct AsyncIterator: AsyncIteratorProtocol {
-        let state: MapState<Output>
+        @usableFromInline let state: MapState<Output>
+        @usableFromInline var buffer: [Output] = []
+        @usableFromInline var index = 0
+
+        init(state: MapState<Output>) { self.state = state }
+
         /// The next output in input order, nil at the end.
-        public mutating func next() async throws -> Output? { try await state.next() }
+        @inlinable
+        public mutating func next() async throws -> Output? {
+            if index < buffer.count {
+                let value = buffer[index]
+                index += 1
+                return value
+            }
+            return try await refill(isolation: nil)
+        }
+
+        /// The next output in input order, nil at the end, without leaving
+        /// the caller's isolation.
+        @inlinable
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws -> Output? {
+            if index < buffer.count {
+                let value = buffer[index]
+                index += 1
+                return value
+            }
+            return try await refill(isolation: actor)
+        }
+
+        /// Waits for the next outputs, keeps them, returns the first.
+        @usableFromInline
+        mutating func refill(isolation actor: isolated (any Actor)?) async throws -> Output? {
+            guard let batch = try await state.nextBatch(isolation: actor) else {
+                buffer = []
+                index = 0
+                return nil
+            }
+            buffer = batch
+            index = 1
+            return batch[0]
+        }
     }
 
     /// Starts (the single) iteration.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(state: state) }
-}
-
-/// The consumer's side of a map: submitted chunks in order, the chunk being
-/// read, and the input not yet submitted. Used by one consumer at a time.
-final class MapState<Output: Codable & Sendable>: @unchecked Sendable {
-    let pool: ProcessPoolExecutor
-    let deadline: UInt64?
-    var nextChunk: (() throws -> (WorkItem, ChunkSink<Output>)?)?
-    var bufferSize: Int?
-    var submitted = RingQueue<ChunkSink<Output>>()
-    var current: ChunkOutcomes<Output> = []
-    var index = 0
-    var done = false
-
-    init(pool: ProcessPoolExecutor, deadline: UInt64?,
-         nextChunk: @escaping () throws -> (WorkItem, ChunkSink<Output>)?) {
-        self.pool = pool
-        self.deadline = deadline
-        self.nextChunk = nextChunk
-    }
-
-    deinit { cancelRest() }
-
-    /// Submits chunks until `limit` are outstanding (nil: the whole input).
-    func submitAhead(limit: Int?) throws {
-        bufferSize = limit
-        var items: [WorkItem] = []
-        while limit == nil || submitted.count < limit!, let make = nextChunk {
-            guard let (item, sink) = try make() else {
-                nextChunk = nil
-                break
-            }
-            items.append(item)
-            submitted.append(sink)
-        }
-        try pool.core.submit(items)
-    }
-
-    func next() async throws -> Output? {
-        while true {
-            if done { return nil }
-            if index < current.count {
-                let outcome = current[index]
-                index += 1
-                switch outcome {
-                case .success(let value): return value
-                case .failure(let error): throw finish(error)
-                }
-            }
-            guard let sink = submitted.popFirst() else {
-                done = true
-                return nil
-            }
-            if bufferSize != nil && nextChunk != nil {
-                do { try submitAhead(limit: bufferSize) } catch { throw finish(error) }
-            }
-            if !(await sink.future.waitDone(deadline: deadline)) {
-                sink.cancel()
-                throw finish(ProcessPoolError.timeout)
-            }
-            switch sink.future.doneOutcome()! {
-            case .success(let outcomes):
-                current = outcomes
-                index = 0
-            case .failure(let error):
-                throw finish(error)
-            }
-        }
-    }
-
-    private func finish(_ error: any Error) -> any Error {
-        done = true
-        cancelRest()
-        return error
-    }
-
-    private func cancelRest() {
-        nextChunk = nil
-        while let sink = submitted.popFirst() { sink.cancel() }
-    }
 }

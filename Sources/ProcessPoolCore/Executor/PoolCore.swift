@@ -239,8 +239,9 @@ package final class PoolCore: @unchecked Sendable {
             var item = pending.popFirst()!
             guard item.sink.markRunning() else { continue }
             let wasIdle = slot.inFlight.isEmpty && !slot.hasOutbound
-            slot.enqueue(item.frame)
+            slot.enqueue(item)
             item.frame = []
+            item.attachments = []
             slot.inFlight.append(item)
             if let left = slot.tasksLeft { slot.tasksLeft = left - 1 }
             if wasIdle && !deferWrites {

@@ -67,17 +67,25 @@ public final class ProcessPoolExecutor: Sendable {
         let name = TaskNames.name(of: T.self)
         guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
         let id = core.makeItemID()
-        var frame = FrameBuilder(capacity: 64)
+        let bitwise = BitwiseTypes.isBitwise(T.self)
+        var frame = FrameBuilder(capacity: 64 + name.utf8.count + (bitwise ? tasks.count * MemoryLayout<T>.stride : 0))
         frame.begin(.run)
         frame.writer.writeVarint(id)
+        frame.writer.writeString(name)
         frame.writer.writeVarint(UInt64(tasks.count))
-        let encoder = BinaryEncoder()
-        for task in tasks {
-            frame.writer.writeString(name)
-            try frame.writePayload { try encoder.encode(task, into: &$0) }
+        if bitwise {
+            frame.writer.write(ValueLayout.block.rawValue)
+            BitwiseTypes.writeBlock(tasks, into: &frame.writer)
+        } else {
+            frame.writer.write(ValueLayout.separate.rawValue)
+            frame.writer.attachments = []
+            let encoder = BinaryEncoder()
+            for task in tasks { try frame.writePayload { try encoder.encode(task, into: &$0) } }
         }
+        let attachments = frame.writer.attachments ?? []
+        frame.writer.attachments = nil
         try frame.end()
-        return WorkItem(id: id, frame: frame.take(), sink: sink)
+        return WorkItem(id: id, frame: frame.take(), attachments: attachments, sink: sink)
     }
 
     /// Stops accepting work. `wait`: block until pending and running work

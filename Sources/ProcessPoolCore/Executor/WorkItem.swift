@@ -17,12 +17,16 @@ package protocol WorkSink: AnyObject, Sendable {
 package struct OutcomeContext {
     package let registry: TaskRegistry
     package let worker: String
+    /// The attachments that came with the results frame.
+    package var attachments: [[UInt8]] = []
 }
 
-/// One message's worth of work: an encoded `run` frame and where its results go.
+/// One message's worth of work: an encoded `run` frame, the byte arrays sent
+/// beside it, and where its results go.
 package struct WorkItem: Sendable {
     package let id: UInt64
     package var frame: [UInt8]
+    package var attachments: [[UInt8]]
     package let sink: any WorkSink
 }
 
@@ -37,7 +41,7 @@ package func readOutcome<T: Decodable>(_: T.Type, from reader: inout ByteReader,
     case .success:
         let payload = try reader.readPayload()
         do {
-            return .success(try BinaryDecoder().decode(T.self, from: payload))
+            return .success(try BinaryDecoder(attachments: context.attachments).decode(T.self, from: payload))
         } catch {
             return .failure(RemoteTaskError(
                 typeName: String(reflecting: type(of: error)),
@@ -63,14 +67,41 @@ package func readOutcome<T: Decodable>(_: T.Type, from reader: inout ByteReader,
 extension TaskFuture: WorkSink where Output: Decodable {
     package func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws {
         guard count == 1 else { throw ProtocolViolation("\(count) outcomes for a single task") }
-        finish(try readOutcome(Output.self, from: &outcomes, context: context))
+        switch try readLayout(from: &outcomes) {
+        case .block:
+            guard BitwiseTypes.isBitwise(Output.self) else {
+                throw ProtocolViolation("a block of results for \(Output.self), which is not BitwiseCodable here")
+            }
+            finish(.success(try BitwiseTypes.readBlock(Output.self, count: 1, from: &outcomes)[0]))
+        case .separate:
+            finish(try readOutcome(Output.self, from: &outcomes, context: context))
+        }
     }
 
     package func fail(_ error: any Error) { finish(.failure(error)) }
 }
 
-/// The outcomes of one map chunk, each item's on its own.
-package typealias ChunkOutcomes<Output> = [Result<Output, any Error>]
+/// Reads the layout byte in front of a frame's values.
+package func readLayout(from reader: inout ByteReader) throws -> ValueLayout {
+    let byte = try reader.readByte()
+    guard let layout = ValueLayout(rawValue: byte) else { throw ProtocolViolation("unknown value layout \(byte)") }
+    return layout
+}
+
+/// The outcomes of one map chunk.
+package enum ChunkOutcomes<Output: Sendable>: Sendable {
+    /// Every call succeeded (outputs that came as a block).
+    case values([Output])
+    /// Each item's outcome on its own.
+    case outcomes([Result<Output, any Error>])
+
+    var count: Int {
+        switch self {
+        case .values(let values): values.count
+        case .outcomes(let outcomes): outcomes.count
+        }
+    }
+}
 
 /// A map chunk: decodes each outcome separately so one failing item does not
 /// take its neighbours' results with it.
@@ -89,9 +120,17 @@ package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
         guard count == expected else {
             throw ProtocolViolation("\(count) outcomes for a chunk of \(expected)")
         }
-        var results: ChunkOutcomes<Output> = []
-        results.reserveCapacity(count)
-        for _ in 0..<count { results.append(try readOutcome(Output.self, from: &outcomes, context: context)) }
-        future.finish(.success(results))
+        switch try readLayout(from: &outcomes) {
+        case .block:
+            guard BitwiseTypes.isBitwise(Output.self) else {
+                throw ProtocolViolation("a block of results for \(Output.self), which is not BitwiseCodable here")
+            }
+            future.finish(.success(.values(try BitwiseTypes.readBlock(Output.self, count: count, from: &outcomes))))
+        case .separate:
+            var results: [Result<Output, any Error>] = []
+            results.reserveCapacity(count)
+            for _ in 0..<count { results.append(try readOutcome(Output.self, from: &outcomes, context: context)) }
+            future.finish(.success(.outcomes(results)))
+        }
     }
 }

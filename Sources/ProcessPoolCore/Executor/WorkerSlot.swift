@@ -26,6 +26,9 @@ final class WorkerSlot: @unchecked Sendable {
     var tasksLeft: Int?
     var outbound: [[UInt8]] = []
     var outboundOffset = 0
+    /// Whether later frames may be appended to the last outbound buffer
+    /// (not to an attachment: that is the caller's array, sent as it is).
+    var lastOutboundTakesMore = false
     let splitter = FrameSplitter(expectPreamble: true)
     /// Moving average of the time a worker spends on one item (ns).
     var averageNanos: Double = 0
@@ -64,12 +67,23 @@ final class WorkerSlot: @unchecked Sendable {
 
     /// Queues frame bytes; small frames are merged so one write carries many.
     func enqueue(_ frame: [UInt8]) {
-        if let last = outbound.indices.last, frame.count < 64 * 1024,
+        if lastOutboundTakesMore, let last = outbound.indices.last, frame.count < 64 * 1024,
            outbound[last].count < 256 * 1024, !(last == 0 && outboundOffset > 0) {
             outbound[last].append(contentsOf: frame)
         } else {
             outbound.append(frame)
+            lastOutboundTakesMore = true
         }
+    }
+
+    /// Queues an item's frame, after its attachments if it has any.
+    func enqueue(_ item: WorkItem) {
+        if !item.attachments.isEmpty {
+            enqueue(WireProtocol.attachmentsFrame(for: item.attachments))
+            outbound.append(contentsOf: item.attachments)
+            lastOutboundTakesMore = false
+        }
+        enqueue(item.frame)
     }
 
     /// Writes as much as the socket takes. Returns false if the stream is broken.

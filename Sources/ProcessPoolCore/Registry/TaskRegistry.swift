@@ -1,10 +1,7 @@
 /// The task types (and error types) a program can run in workers.
 /// Parent and workers must build the same registry.
 public struct TaskRegistry: Sendable {
-    /// Runs one encoded call of a registered task type and encodes its outcome.
-    package typealias Runner = @Sendable (UnsafeRawBufferPointer, TaskRegistry, inout ByteWriter) -> Void
-
-    package let runners: [String: Runner]
+    package let runners: [String: TaskRunner]
     /// Encodes a thrown error if its type is registered: (wire name, payload).
     package let errorEncoders: [@Sendable (any Error) -> (String, [UInt8])?]
     /// Decodes a registered error from its wire name.
@@ -21,12 +18,12 @@ public struct TaskRegistry: Sendable {
     /// parent as themselves. Two task types with the same `taskName` trap:
     /// that is a programming error the registry cannot resolve.
     public init(tasks: [any ProcessTask.Type], errors: [any (Error & Codable).Type] = []) {
-        var runners: [String: Runner] = [:]
+        var runners: [String: TaskRunner] = [:]
         var names: [String] = []
         for task in tasks {
             let name = task.taskName
             precondition(runners[name] == nil, "TaskRegistry: two task types are named \(name)")
-            runners[name] = makeRunner(task)
+            runners[name] = TaskRunner(task)
             names.append(name)
         }
         var encoders: [@Sendable (any Error) -> (String, [UInt8])?] = []
@@ -62,41 +59,6 @@ package enum OutcomeTag: UInt8 {
     case registeredError = 1
     /// Followed by the type name and the description (strings) of an unregistered error.
     case remoteError = 2
-}
-
-private func makeRunner<T: ProcessTask>(_: T.Type) -> TaskRegistry.Runner {
-    return { payload, registry, out in
-        let task: T
-        do {
-            task = try BinaryDecoder().decode(T.self, from: payload)
-        } catch {
-            writeRemoteError(typeName: "ProcessPool.DecodingFailure",
-                             message: "could not decode \(T.taskName) in the worker: \(error)", into: &out)
-            return
-        }
-        let output: T.Output
-        do {
-            output = try task.run()
-        } catch {
-            writeThrown(error, registry: registry, into: &out)
-            return
-        }
-        let mark = out.count
-        out.write(OutcomeTag.success.rawValue)
-        out.write(UInt32(0))
-        do {
-            try BinaryEncoder().encode(output, into: &out)
-            let length = out.count - mark - 5
-            guard length <= WireProtocol.maxFrameBytes else {
-                throw ProtocolViolation("the encoded result is \(length) bytes, over the frame limit")
-            }
-            out.patch(UInt32(length), at: mark + 1)
-        } catch {
-            out.bytes.removeSubrange(mark...)
-            writeRemoteError(typeName: String(reflecting: type(of: error)),
-                             message: "the result of \(T.taskName) could not be encoded: \(error)", into: &out)
-        }
-    }
 }
 
 /// Encodes an error thrown by a task: registered types as themselves.

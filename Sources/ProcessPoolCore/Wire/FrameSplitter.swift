@@ -1,14 +1,30 @@
+import CProcessPoolShim
+
 /// Cuts a byte stream into frames, checking the preamble and the size limit.
 ///
 /// Reads go straight into its own buffer (no zero-filling, no copies); a
 /// frame is handed out as borrowed bytes. A length above the limit is a
 /// `ProtocolViolation` before anything is allocated for it.
+///
+/// Attachments (announced by an `attachments` frame) are read straight into
+/// arrays of their own, which the next frame receives: a 64 MiB payload is
+/// never copied between buffers on this side.
 package final class FrameSplitter {
     private var storage: UnsafeMutableRawPointer
     private var capacity: Int
     private var readIndex = 0
     private var writeIndex = 0
     private var preamblePending: Bool
+    /// Lengths of the attachments announced for the next frame.
+    private var announced: [Int] = []
+    /// The attachments received in full so far.
+    private var received: [[UInt8]] = []
+    /// The attachment being received and how much of it has arrived.
+    private var partial: [UInt8] = []
+    private var partialFilled = 0
+
+    /// Whether an announced attachment is still arriving.
+    private var receivingAttachment: Bool { received.count < announced.count }
 
     package init(expectPreamble: Bool, initialCapacity: Int = 64 * 1024) {
         preamblePending = expectPreamble
@@ -43,6 +59,17 @@ package final class FrameSplitter {
     /// Makes room and lets `read` fill it: `read` gets free space and returns
     /// how many bytes it stored (<= 0 is passed back untouched).
     package func fill(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+        if receivingAttachment { startAttachmentIfNeeded() }
+        if receivingAttachment {
+            let got = partial.withUnsafeMutableBytes { raw in
+                read(UnsafeMutableRawBufferPointer(rebasing: raw[partialFilled...]))
+            }
+            if got > 0 {
+                partialFilled += got
+                finishAttachmentIfComplete()
+            }
+            return got
+        }
         reserveFree(bytesWanted)
         let got = read(UnsafeMutableRawBufferPointer(start: storage + writeIndex, count: capacity - writeIndex))
         if got > 0 { writeIndex += got }
@@ -83,9 +110,66 @@ package final class FrameSplitter {
         writeIndex = 0
     }
 
-    /// Calls `body` with the next complete frame (kind, body) if one is
-    /// buffered; returns false otherwise. The bytes are valid during `body` only.
-    package func nextFrame(_ body: (FrameKind, UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+    /// Allocates the array for the next announced attachment (left
+    /// uninitialised: the stream fills it before anyone reads it).
+    private func startAttachmentIfNeeded() {
+        guard partialFilled == 0, partial.isEmpty else { return }
+        let length = announced[received.count]
+        partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
+        if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_advise_hugepages($0.baseAddress, $0.count) } }
+        finishAttachmentIfComplete()
+    }
+
+    private func finishAttachmentIfComplete() {
+        guard partialFilled == partial.count else { return }
+        received.append(partial)
+        partial = []
+        partialFilled = 0
+    }
+
+    /// Moves buffered bytes into the attachments still arriving; true once
+    /// every announced attachment is complete.
+    private func drainIntoAttachments() -> Bool {
+        while receivingAttachment {
+            startAttachmentIfNeeded()
+            guard receivingAttachment else { break }
+            let take = min(partial.count - partialFilled, available)
+            guard take > 0 else { return false }
+            partial.withUnsafeMutableBytes { raw in
+                (raw.baseAddress! + partialFilled).copyMemory(from: storage + readIndex, byteCount: take)
+            }
+            readIndex += take
+            partialFilled += take
+            finishAttachmentIfComplete()
+        }
+        return true
+    }
+
+    /// Reads an `attachments` frame: count, then each length.
+    private func announceAttachments(_ body: UnsafeRawBufferPointer) throws {
+        guard announced.isEmpty else { throw ProtocolViolation("attachments announced twice for one frame") }
+        var reader = ByteReader(body)
+        let count = try reader.readVarint()
+        guard count <= UInt64(WireProtocol.maxAttachments) else {
+            throw ProtocolViolation("\(count) attachments for one frame (at most \(WireProtocol.maxAttachments))")
+        }
+        var lengths: [Int] = []
+        for _ in 0..<count {
+            let length = try reader.readVarint()
+            guard length <= UInt64(WireProtocol.maxFrameBytes) else {
+                throw ProtocolViolation("an attachment of \(length) bytes exceeds the limit of \(WireProtocol.maxFrameBytes)")
+            }
+            lengths.append(Int(length))
+        }
+        guard reader.isAtEnd else { throw ProtocolViolation("trailing bytes in an attachments frame") }
+        announced = lengths
+    }
+
+    /// Calls `body` with the next complete frame (kind, body, the attachments
+    /// sent for it) if one is buffered; returns false otherwise. The bytes are
+    /// valid during `body` only.
+    package func nextFrame(_ body: (FrameKind, UnsafeRawBufferPointer, [[UInt8]]) throws -> Void) throws -> Bool {
+        guard drainIntoAttachments() else { return false }
         if preamblePending {
             let n = WireProtocol.preamble.count
             guard available >= n else { return false }
@@ -109,7 +193,15 @@ package final class FrameSplitter {
         guard let kind = FrameKind(rawValue: kindByte) else {
             throw ProtocolViolation("unknown frame kind \(kindByte)")
         }
-        try body(kind, UnsafeRawBufferPointer(start: storage + start + 1, count: length - 1))
+        let frame = UnsafeRawBufferPointer(start: storage + start + 1, count: length - 1)
+        if kind == .attachments {
+            try announceAttachments(frame)
+            return true
+        }
+        let attachments = received
+        announced = []
+        received = []
+        try body(kind, frame, attachments)
         return true
     }
 }

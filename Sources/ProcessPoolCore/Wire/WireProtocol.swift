@@ -9,11 +9,14 @@
 ///
 /// Parent to worker: `configure` (once, first), `run`, `exit`.
 /// Worker to parent: `hello` (after the initializer ran), `results`, `goodbye`.
+/// Either way: `attachments`, which announces byte arrays sent raw right
+/// after it and handed to the next frame (large `[UInt8]` values travel so,
+/// uncopied).
 /// Variable-length integers are LEB128 varints; strings are a varint length
 /// and UTF-8; payloads are a u32 LE length and bytes.
 package enum WireProtocol {
     /// Bumped whenever a frame's layout changes.
-    package static let version: UInt16 = 1
+    package static let version: UInt16 = 2
     /// "\0PPOOL" + version + "\n".
     package static let preamble: [UInt8] = [0, 0x50, 0x50, 0x4F, 0x4F, 0x4C, UInt8(version), 0x0A]
     /// The largest frame either side accepts (1 GiB): bigger lengths are
@@ -21,6 +24,19 @@ package enum WireProtocol {
     package static let maxFrameBytes = 1 << 30
     /// Bytes of the length field.
     package static let headerBytes = 4
+    /// The most attachments one frame may carry.
+    package static let maxAttachments = 4096
+
+    /// An `attachments` frame announcing `attachments` (the caller sends
+    /// their bytes after it, then the frame they belong to).
+    package static func attachmentsFrame(for attachments: [[UInt8]]) -> [UInt8] {
+        var frame = FrameBuilder(capacity: 16 + 10 * attachments.count)
+        frame.begin(.attachments)
+        frame.writer.writeVarint(UInt64(attachments.count))
+        for attachment in attachments { frame.writer.writeVarint(UInt64(attachment.count)) }
+        try! frame.end()  // a few bytes per attachment: far below the limit
+        return frame.take()
+    }
 }
 
 /// Frame kinds.
@@ -28,17 +44,23 @@ package enum FrameKind: UInt8, Sendable {
     // parent -> worker
     /// version u16, maxTasks varint (0: none), hasInitializer u8, [task name, payload]
     case configure = 1
-    /// item id varint, call count varint, calls (task name, payload)
+    /// item id varint, task name, call count varint, layout u8 (`ValueLayout`),
+    /// then a block of the calls or one payload per call
     case run = 2
     /// finish what was sent, say goodbye, exit 0
     case exit = 3
     // worker -> parent
     /// version u16, pid varint, initializer ok u8, [outcome of the initializer]
     case hello = 101
-    /// item id varint, run time ns varint, outcome count varint, outcomes
+    /// item id varint, run time ns u64, count varint, layout u8 (`ValueLayout`),
+    /// then a block of the outputs or one outcome per call
     case results = 102
     /// reason varint (`GoodbyeReason`)
     case goodbye = 104
+    // either way
+    /// count varint, then each attachment's length varint; the attachments'
+    /// bytes follow, then the frame they belong to
+    case attachments = 5
 }
 
 /// Why a worker leaves cleanly.
@@ -82,6 +104,15 @@ package struct FrameBuilder {
         writer.write(UInt32(0))
         try body(&writer)
         writer.patch(UInt32(writer.count - mark - 4), at: mark)
+    }
+
+    /// Cuts the frame begun last out of the builder (frames before it stay).
+    package mutating func takeLastFrame() -> [UInt8] {
+        defer {
+            writer.bytes.removeSubrange(start...)
+            start = writer.count
+        }
+        return Array(writer.bytes[start...])
     }
 
     /// The bytes built so far; the builder is emptied.

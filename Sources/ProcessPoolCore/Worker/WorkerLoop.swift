@@ -60,7 +60,7 @@ final class WorkerLoop {
         guard WireProtocol.preamble.withUnsafeBytes({ stream.writeAll($0) }) else { return 0 }
         while true {
             do {
-                while try splitter.nextFrame({ kind, body in try handle(kind, body) }) {
+                while try splitter.nextFrame({ kind, body, attachments in try handle(kind, body, attachments) }) {
                     if let code = finished {
                         flush()
                         return code
@@ -86,7 +86,7 @@ final class WorkerLoop {
         out.reset()
     }
 
-    private func handle(_ kind: FrameKind, _ body: UnsafeRawBufferPointer) throws {
+    private func handle(_ kind: FrameKind, _ body: UnsafeRawBufferPointer, _ attachments: [[UInt8]]) throws {
         var reader = ByteReader(body)
         switch kind {
         case .configure:
@@ -115,21 +115,31 @@ final class WorkerLoop {
         case .run:
             guard configured else { throw ProtocolViolation("run before configure") }
             let itemID = try reader.readVarint()
+            let name = try reader.readString()
             let count = try reader.readVarint()
+            // Every call takes at least a byte, so this bounds the loops below.
+            guard count <= UInt64(reader.remaining) else {
+                throw ProtocolViolation("\(count) calls in \(reader.remaining) bytes")
+            }
             let started = cpp_monotonic_ns()
             out.begin(.results)
             out.writer.writeVarint(itemID)
             let timeMark = out.count
             out.writer.write(UInt64(0))  // run time, patched below
             out.writer.writeVarint(count)
-            for _ in 0..<count {
-                let name = try reader.readString()
-                let payload = try reader.readPayload()
-                runCall(name: name, payload: payload, into: &out.writer)
+            out.writer.attachments = []
+            if let runner = registry.runners[name] {
+                try runner.runChunk(&reader, Int(count), attachments, registry, &out.writer)
+            } else {
+                out.writer.write(ValueLayout.separate.rawValue)
+                for _ in 0..<count { writeUnregistered(name, into: &out.writer) }
             }
+            let outgoing = out.writer.attachments ?? []
+            out.writer.attachments = nil
             let elapsed = cpp_monotonic_ns() &- started
             out.writer.patchUInt64(elapsed, at: timeMark)
             try out.end()
+            if !outgoing.isEmpty { send(lastFrameWith: outgoing) }
             averageNanos = averageNanos == 0 ? Double(elapsed) : averageNanos * 0.8 + Double(elapsed) * 0.2
             if tasksLeft > 0 {
                 tasksLeft -= 1
@@ -141,7 +151,7 @@ final class WorkerLoop {
             if averageNanos > batchThresholdNanos || out.count > 1 << 20 { flush() }
         case .exit:
             goodbye(.exitRequested)
-        case .hello, .results, .goodbye:
+        case .hello, .results, .goodbye, .attachments:
             throw ProtocolViolation("unexpected frame \(kind) from the parent")
         }
     }
@@ -153,14 +163,30 @@ final class WorkerLoop {
         finished = 0
     }
 
-    /// Runs one call and appends its outcome (tag + data) to `into`.
+    /// Sends what is buffered, then the frame built last with its attachments
+    /// (announcement, their bytes straight from the arrays, the frame).
+    private func send(lastFrameWith attachments: [[UInt8]]) {
+        let frame = out.takeLastFrame()
+        flush()
+        var ok = finished == nil
+        if ok { ok = stream.writeAll(WireProtocol.attachmentsFrame(for: attachments)) }
+        for attachment in attachments where ok { ok = stream.writeAll(attachment) }
+        if ok { ok = stream.writeAll(frame) }
+        if !ok { finished = finished ?? 0 }
+    }
+
+    /// Runs one call (the initializer) and appends its outcome (tag + data) to `into`.
     private func runCall(name: String, payload: UnsafeRawBufferPointer, into writer: inout ByteWriter) {
         guard let runner = registry.runners[name] else {
-            writeRemoteError(typeName: "ProcessPool.UnregisteredTask",
-                             message: "task '\(name)' is not registered in this worker's bootstrap(TaskRegistry)",
-                             into: &writer)
+            writeUnregistered(name, into: &writer)
             return
         }
-        runner(payload, registry, &writer)
+        runner.runOne(payload, registry, &writer)
+    }
+
+    private func writeUnregistered(_ name: String, into writer: inout ByteWriter) {
+        writeRemoteError(typeName: "ProcessPool.UnregisteredTask",
+                         message: "task '\(name)' is not registered in this worker's bootstrap(TaskRegistry)",
+                         into: &writer)
     }
 }

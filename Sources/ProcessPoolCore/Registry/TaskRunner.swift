@@ -1,0 +1,112 @@
+/// Runs the calls of one registered task type inside a worker.
+package struct TaskRunner: Sendable {
+    /// Runs a `run` frame's calls (layout byte, then a block or one payload
+    /// per call) and appends their results (layout byte, then a block or one
+    /// outcome per call). Throws only for a malformed frame.
+    package let runChunk: @Sendable (_ calls: inout ByteReader, _ count: Int, _ attachments: [[UInt8]],
+                                     _ registry: TaskRegistry, _ out: inout ByteWriter) throws -> Void
+    /// Runs one encoded call (the initializer) and appends its outcome.
+    package let runOne: @Sendable (_ payload: UnsafeRawBufferPointer, _ registry: TaskRegistry,
+                                   _ out: inout ByteWriter) -> Void
+
+    init<T: ProcessTask>(_: T.Type) {
+        let bitwiseTasks = BitwiseTypes.isBitwise(T.self)
+        let bitwiseOutputs = BitwiseTypes.isBitwise(T.Output.self)
+        runOne = { payload, registry, out in
+            writeOutcome(call(T.self, payload: payload, attachments: []), registry: registry, into: &out)
+        }
+        runChunk = { calls, count, attachments, registry, out in
+            let layoutByte = try calls.readByte()
+            guard let layout = ValueLayout(rawValue: layoutByte) else {
+                throw ProtocolViolation("unknown call layout \(layoutByte)")
+            }
+            var block: [T] = []
+            if layout == .block {
+                guard bitwiseTasks else {
+                    throw ProtocolViolation("\(T.taskName) arrived as a block but is not BitwiseCodable in this worker")
+                }
+                block = try BitwiseTypes.readBlock(T.self, count: count, from: &calls)
+            }
+            func outcome(_ index: Int) throws -> CallOutcome<T.Output> {
+                if layout == .block { return run(block[index]) }
+                return call(T.self, payload: try calls.readPayload(), attachments: attachments)
+            }
+            var done = 0
+            if bitwiseOutputs {
+                // All outputs in one block unless some call fails; then each on its own.
+                var outputs: [T.Output] = []
+                outputs.reserveCapacity(count)
+                var failure: CallOutcome<T.Output>?
+                while done < count, failure == nil {
+                    let result = try outcome(done)
+                    done += 1
+                    if case .success(let value) = result { outputs.append(value) } else { failure = result }
+                }
+                guard let failure else {
+                    out.write(ValueLayout.block.rawValue)
+                    BitwiseTypes.writeBlock(outputs, into: &out)
+                    return
+                }
+                out.write(ValueLayout.separate.rawValue)
+                for value in outputs { writeOutcome(.success(value), registry: registry, into: &out) }
+                writeOutcome(failure, registry: registry, into: &out)
+            } else {
+                out.write(ValueLayout.separate.rawValue)
+            }
+            while done < count {
+                writeOutcome(try outcome(done), registry: registry, into: &out)
+                done += 1
+            }
+        }
+    }
+}
+
+/// What one call came to in the worker.
+private enum CallOutcome<Output> {
+    case success(Output)
+    /// The task threw.
+    case thrown(any Error)
+    /// The call's payload did not decode as the task type.
+    case undecodable(taskName: String, any Error)
+}
+
+private func call<T: ProcessTask>(_: T.Type, payload: UnsafeRawBufferPointer,
+                                  attachments: [[UInt8]]) -> CallOutcome<T.Output> {
+    do {
+        return run(try BinaryDecoder(attachments: attachments).decode(T.self, from: payload))
+    } catch {
+        return .undecodable(taskName: T.taskName, error)
+    }
+}
+
+private func run<T: ProcessTask>(_ task: T) -> CallOutcome<T.Output> {
+    do { return .success(try task.run()) } catch { return .thrown(error) }
+}
+
+/// Appends one outcome: tag, then the u32-length-prefixed output, or the error.
+private func writeOutcome<Output: Encodable>(_ outcome: CallOutcome<Output>, registry: TaskRegistry,
+                                             into out: inout ByteWriter) {
+    switch outcome {
+    case .success(let output):
+        let mark = out.count
+        out.write(OutcomeTag.success.rawValue)
+        out.write(UInt32(0))
+        do {
+            try BinaryEncoder().encode(output, into: &out)
+            let length = out.count - mark - 5
+            guard length <= WireProtocol.maxFrameBytes else {
+                throw ProtocolViolation("the encoded result is \(length) bytes, over the frame limit")
+            }
+            out.patch(UInt32(length), at: mark + 1)
+        } catch {
+            out.bytes.removeSubrange(mark...)
+            writeRemoteError(typeName: String(reflecting: type(of: error)),
+                             message: "the result of \(Output.self) could not be encoded: \(error)", into: &out)
+        }
+    case .thrown(let error):
+        writeThrown(error, registry: registry, into: &out)
+    case .undecodable(let taskName, let error):
+        writeRemoteError(typeName: "ProcessPool.DecodingFailure",
+                         message: "could not decode \(taskName) in the worker: \(error)", into: &out)
+    }
+}
