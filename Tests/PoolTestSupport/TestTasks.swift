@@ -205,6 +205,69 @@ public struct CountPrimes: ProcessTask {
     }
 }
 
+/// A plain-bits result.
+public struct Pair: BitwiseCodable, Equatable, Sendable {
+    public var count: Int32
+    public var ratio: Double
+    public init(count: Int32, ratio: Double) {
+        self.count = count
+        self.ratio = ratio
+    }
+}
+
+/// A plain-bits task with a plain-bits result: both cross as memory blocks.
+public struct BitwiseSquare: ProcessTask, BitwiseCodable {
+    public var value: Int
+    /// Throws `RegisteredFailure(code: value)` instead of returning.
+    public var fail: Bool
+    public init(_ value: Int, fail: Bool = false) {
+        self.value = value
+        self.fail = fail
+    }
+    public func run() throws -> Int {
+        if fail { throw RegisteredFailure(code: value, note: "bitwise task failed on purpose") }
+        return value * value
+    }
+}
+
+/// A plain-bits task whose result is a plain-bits struct.
+public struct MakePair: ProcessTask, BitwiseCodable {
+    public var count: Int32
+    public init(count: Int32) { self.count = count }
+    public func run() -> Pair { Pair(count: count, ratio: Double(count) / 4) }
+}
+
+/// Large byte arrays in several places (all become attachments); returns
+/// them in reverse order, with `small` and the optional one's presence noted.
+public struct ShuffleBlobs: ProcessTask {
+    public var first: [UInt8]
+    public var second: [UInt8]?
+    public var small: [UInt8]
+    public var fail: Bool
+    public init(first: [UInt8], second: [UInt8]?, small: [UInt8], fail: Bool = false) {
+        self.first = first
+        self.second = second
+        self.small = small
+        self.fail = fail
+    }
+    public func run() throws -> [[UInt8]] {
+        if fail { throw RegisteredFailure(code: first.count, note: "blobs refused on purpose") }
+        return [small] + (second.map { [$0] } ?? []) + [first]
+    }
+}
+
+/// Writes an `attachments` frame announcing a 2 GiB attachment into the
+/// worker's protocol stream (over the 1 GiB limit).
+public struct AnnounceHugeAttachment: ProcessTask {
+    public init() {}
+    public func run() -> Int {
+        // length 1 + 1 + 5 (kind, count varint, length varint 2^31)
+        let frame: [UInt8] = [7, 0, 0, 0, 5, 1, 0x80, 0x80, 0x80, 0x80, 0x08]
+        _ = frame.withUnsafeBytes { write(ProcessPoolWorker.activeDescriptor, $0.baseAddress, $0.count) }
+        return 0
+    }
+}
+
 /// A task no registry lists.
 public struct NotRegistered: ProcessTask {
     public init() {}
@@ -215,5 +278,6 @@ public struct NotRegistered: ProcessTask {
 public let testRegistry = TaskRegistry(
     tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
             WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, CorruptStream.self,
-            SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self],
+            SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self,
+            BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self],
     errors: [RegisteredFailure.self])

@@ -110,18 +110,24 @@ package final class FrameSplitter {
         writeIndex = 0
     }
 
-    /// Allocates the array for the next announced attachment (left
-    /// uninitialised: the stream fills it before anyone reads it).
+    /// Allocates the array for the next announced attachment that has bytes
+    /// (left uninitialised: the stream fills it before anyone reads it);
+    /// empty attachments are complete at once.
     private func startAttachmentIfNeeded() {
-        guard partialFilled == 0, partial.isEmpty else { return }
-        let length = announced[received.count]
-        partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
-        if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_advise_hugepages($0.baseAddress, $0.count) } }
-        finishAttachmentIfComplete()
+        while receivingAttachment && partial.isEmpty {
+            let length = announced[received.count]
+            guard length > 0 else {
+                received.append([])
+                continue
+            }
+            partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
+            partialFilled = 0
+            if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_advise_hugepages($0.baseAddress, $0.count) } }
+        }
     }
 
     private func finishAttachmentIfComplete() {
-        guard partialFilled == partial.count else { return }
+        guard !partial.isEmpty, partialFilled == partial.count else { return }
         received.append(partial)
         partial = []
         partialFilled = 0
