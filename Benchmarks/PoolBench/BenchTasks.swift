@@ -1,8 +1,15 @@
 import Glibc
 import ProcessPool
 
-/// Returns its argument: the "trivial task".
+/// Returns its argument: the "trivial task". Plain bits, so chunks of it
+/// travel as memory blocks.
 struct Noop: ProcessTask, BitwiseCodable {
+    var x: Int
+    func run() -> Int { x }
+}
+
+/// The same task, Codable only: each call is encoded on its own.
+struct CodableNoop: ProcessTask {
     var x: Int
     func run() -> Int { x }
 }
@@ -58,4 +65,4 @@ struct CountPrimes: ProcessTask {
     }
 }
 
-let benchRegistry = TaskRegistry(Noop.self, Echo.self, WorkerPID.self, SlowPID.self, Gate.self, CountPrimes.self)
+let benchRegistry = TaskRegistry(Noop.self, CodableNoop.self, Echo.self, WorkerPID.self, SlowPID.self, Gate.self, CountPrimes.self)

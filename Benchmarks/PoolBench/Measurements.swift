@@ -92,13 +92,19 @@ struct Bench {
         return Double(sizes.submits) / elapsed
     }
 
-    func mapThroughput(chunkSize: Int) async throws -> Double {
+    /// `codableTasks`: the same trivial task, but only Codable (not BitwiseCodable).
+    func mapThroughput(chunkSize: Int, codableTasks: Bool = false) async throws -> Double {
         let n = chunkSize == 1 ? sizes.mapC1 : sizes.mapLarge
         let pool = try await warmPool()
         let tasks = (0..<n).map { Noop(x: $0) }
+        let codable = (0..<n).map { CodableNoop(x: $0) }
         let start = now()
         var count = 0
-        for try await _ in try pool.map(tasks, chunkSize: chunkSize) { count += 1 }
+        if codableTasks {
+            for try await _ in try pool.map(codable, chunkSize: chunkSize) { count += 1 }
+        } else {
+            for try await _ in try pool.map(tasks, chunkSize: chunkSize) { count += 1 }
+        }
         let elapsed = now() - start
         precondition(count == n)
         await pool.shutdown()

@@ -59,6 +59,8 @@ struct Figure {
     let higherIsBetter: Bool
     /// ours vs CPython, expressed so that bigger is better; nil: absolute target.
     let targetRatio: (String) -> Double?
+    /// The CPython figure to compare with (default: the same key).
+    var cpythonKey: String? = nil
 }
 
 let figures: [Figure] = [
@@ -70,6 +72,9 @@ let figures: [Figure] = [
     Figure(key: "map_c1_tasks_per_s", label: "map c=1 (tasks/s)", higherIsBetter: true, targetRatio: { _ in 20 }),
     Figure(key: "map_c64_tasks_per_s", label: "map c=64 (tasks/s)", higherIsBetter: true, targetRatio: { _ in nil }),
     Figure(key: "map_c1024_tasks_per_s", label: "map c=1024 (tasks/s)", higherIsBetter: true, targetRatio: { _ in 2 }),
+    // The same workload with a task type that is only Codable (each task encoded on its own).
+    Figure(key: "map_c1024_codable_tasks_per_s", label: "  same, Codable task", higherIsBetter: true,
+           targetRatio: { _ in nil }, cpythonKey: "map_c1024_tasks_per_s"),
     Figure(key: "payload_64mib_mb_per_s", label: "64 MiB echo (MB/s)", higherIsBetter: true, targetRatio: { _ in 6 }),
     Figure(key: "cpu_speedup", label: "CPU speedup (x)", higherIsBetter: true, targetRatio: { _ in nil }),
 ]
@@ -92,6 +97,9 @@ func measureOurs(_ method: StartMethod, primesN: Int, options: Options) async th
         try await measure("map_c1_tasks_per_s") { try await bench.mapThroughput(chunkSize: 1) }
         try await measure("map_c64_tasks_per_s") { try await bench.mapThroughput(chunkSize: 64) }
         try await measure("map_c1024_tasks_per_s") { try await bench.mapThroughput(chunkSize: 1024) }
+        try await measure("map_c1024_codable_tasks_per_s") {
+            try await bench.mapThroughput(chunkSize: 1024, codableTasks: true)
+        }
         try await measure("payload_64mib_mb_per_s") { try await bench.payloadMBps() }
         try await measure("cpu_speedup") { try await bench.cpuSpeedup() }
     }
@@ -220,7 +228,7 @@ var missed = 0
 for figure in figures {
     for name in methodNames {
         let mine = ours[name]?[figure.key]
-        let theirs = cpython[name]?[figure.key]
+        let theirs = cpython[name]?[figure.cpythonKey ?? figure.key]
         var ratioText = "-"
         var targetText = ""
         if let mine, let theirs, mine > 0, theirs > 0 {

@@ -20,19 +20,27 @@ final class MapState<Output: Codable & Sendable>: @unchecked Sendable {
 
     deinit { cancelRest() }
 
-    /// Submits chunks until `limit` are outstanding (nil: the whole input).
+    /// Submits chunks until `limit` are outstanding (nil: the whole input),
+    /// a few at a time so that workers start while the rest is encoded.
     func submitAhead(limit: Int?) throws {
         bufferSize = limit
         var items: [WorkItem] = []
+        var bytes = 0
         while limit == nil || submitted.count < limit!, let make = nextChunk {
             guard let (item, sink) = try make() else {
                 nextChunk = nil
                 break
             }
+            bytes += item.frame.count
             items.append(item)
             submitted.append(sink)
+            if items.count >= 16 || bytes >= 256 * 1024 {
+                try pool.core.submit(items)
+                items.removeAll(keepingCapacity: true)
+                bytes = 0
+            }
         }
-        try pool.core.submit(items)
+        if !items.isEmpty { try pool.core.submit(items) }
     }
 
     /// The next outputs in input order (never empty), nil at the end. Throws
