@@ -68,7 +68,11 @@ let package = Package(
         .executableTarget(
             name: "PoolBench",
             dependencies: ["ProcessPool"],
-            path: "Benchmarks/PoolBench"
+            path: "Benchmarks/PoolBench",
+            // The Swift runtime linked in, as README's "Deploying workers"
+            // recommends for worker programs: a spawned worker then maps no
+            // Swift shared libraries (see the worker RSS row).
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         // Tasks shared by the tests and their worker executable.
         .target(

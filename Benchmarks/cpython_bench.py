@@ -312,6 +312,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds per figure; the median is reported (default 5)")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--format", choices=["json", "lines"], default="json",
+                    help="json (default), or one 'method figure value' line per figure")
     ap.add_argument("--only", default=None,
                     help="comma-separated figure names; available: " + ",".join(FIGURES))
     args = ap.parse_args()
@@ -352,7 +354,12 @@ def main():
         results[method] = {f: res[f] for f in figures}
     log("cpython_bench: done in %.1f s" % (time.perf_counter() - wall0))
 
-    print(json.dumps({"python": platform.python_version(), "results": results}))
+    if args.format == "lines":
+        for method, res in results.items():
+            for fig, value in res.items():
+                print("%s %s %r" % (method, fig, value))
+    else:
+        print(json.dumps({"python": platform.python_version(), "results": results}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Glibc
 import ProcessPool
 
@@ -112,35 +111,33 @@ func progress(_ line: String) {
     _ = text.withCString { write(2, $0, strlen($0)) }
 }
 
-/// The CPython script's output.
-struct CPythonReport: Decodable {
-    var python: String
-    var results: [String: [String: Double]]
-}
-
-/// Runs the CPython side (Benchmarks/cpython_bench.py) and parses its JSON.
+/// Runs the CPython side (Benchmarks/cpython_bench.py) and parses its
+/// "method figure value" lines.
 func runCPython(_ options: Options) -> [String: [String: Double]] {
     guard options.runPython else { return [:] }
     let methodNames = options.methodNames
     var script = #filePath
     for _ in 0..<2 { script = String(script[..<script.lastIndex(of: "/")!]) }
     script += "/cpython_bench.py"
-    var arguments = ["python3", script, "--rounds", String(options.rounds)]
+    var arguments = ["python3", script, "--rounds", String(options.rounds), "--format", "lines"]
     if methodNames.count == 1 { arguments += ["--start-method", methodNames[0]] }
     if options.quick { arguments.append("--quick") }
-    guard let data = captureOutput(arguments) else {
+    guard let output = captureOutput(arguments) else {
         print("could not run python3")
         return [:]
     }
-    guard let report = try? JSONDecoder().decode(CPythonReport.self, from: data) else {
-        print("could not parse the CPython results")
-        return [:]
+    var results: [String: [String: Double]] = [:]
+    for line in String(decoding: output, as: UTF8.self).split(separator: "\n") {
+        let fields = line.split(separator: " ")
+        guard fields.count == 3, let value = Double(fields[2]) else { continue }
+        results[String(fields[0]), default: [:]][String(fields[1])] = value
     }
-    return report.results
+    if results.isEmpty { print("could not parse the CPython results") }
+    return results
 }
 
 /// Runs a command found on PATH and returns its stdout (stderr passes through).
-func captureOutput(_ arguments: [String]) -> Data? {
+func captureOutput(_ arguments: [String]) -> [UInt8]? {
     var fds: [Int32] = [-1, -1]
     guard pipe(&fds) == 0 else { return nil }
     var actions = posix_spawn_file_actions_t()
@@ -157,7 +154,7 @@ func captureOutput(_ arguments: [String]) -> Data? {
         close(fds[0])
         return nil
     }
-    var output = Data()
+    var output: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
         let n = read(fds[0], &chunk, chunk.count)

@@ -256,6 +256,23 @@ public struct ShuffleBlobs: ProcessTask {
     }
 }
 
+/// Keeps the bytes it gets in a global (as a task may) and returns the first
+/// and last byte of the ones it kept before, then its own first byte: the
+/// worker must never reuse memory a task still holds.
+public struct KeepBytes: ProcessTask {
+    public var bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public func run() -> [UInt8] {
+        let previous = KeptBytes.value
+        KeptBytes.value = bytes
+        return [previous.first ?? 0, previous.last ?? 0, bytes.first ?? 0]
+    }
+}
+
+enum KeptBytes {
+    nonisolated(unsafe) static var value: [UInt8] = []
+}
+
 /// Writes an `attachments` frame announcing a 2 GiB attachment into the
 /// worker's protocol stream (over the 1 GiB limit).
 public struct AnnounceHugeAttachment: ProcessTask {
@@ -279,5 +296,5 @@ public let testRegistry = TaskRegistry(
     tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
             WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, CorruptStream.self,
             SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self,
-            BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self],
+            BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self, KeepBytes.self],
     errors: [RegisteredFailure.self])

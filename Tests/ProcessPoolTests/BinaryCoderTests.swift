@@ -169,6 +169,34 @@ private struct WithFoundation: Codable, Equatable {
     var data: Data
 }
 
+/// Byte runs between other elements of one unkeyed container.
+private struct RunsAndValues: Codable, Equatable {
+    var head = "head"
+    var first: [UInt8] = [1, 2, 3]
+    var middle = 42
+    var second: [UInt8] = [9]
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        var container = try decoder.unkeyedContainer()
+        #expect(container.count == 6)
+        head = try container.decode(String.self)
+        first = try (0..<3).map { _ in try container.decode(UInt8.self) }
+        middle = try container.decode(Int.self)
+        second = [try container.decode(UInt8.self)]
+        #expect(container.isAtEnd)
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.unkeyedContainer()
+        try container.encode(head)
+        try first.withUnsafeBytes { try container.encode(contentsOf: $0) }
+        try container.encode(middle)
+        try container.encode(contentsOf: second)
+    }
+}
+
 private struct Small: Codable, Equatable {
     var id: Int
     var name: String
@@ -295,9 +323,21 @@ struct BinaryCoderTests {
             id: UUID(),
             data: Data([0, 1, 2, 255]))
         #expect(try roundTrip(value) == value)
-        // Data and [UInt8] share the byte-string representation.
-        let bytes: [UInt8] = [9, 8, 7]
-        #expect(try BinaryDecoder().decode(Data.self, from: BinaryEncoder().encode(bytes)) == Data(bytes))
+    }
+
+    @Test("Data encodes as one byte run: compact, and read back byte by byte")
+    func dataAsByteRun() throws {
+        var rng = SplitMix64(state: 3)
+        let bytes = Data((0..<(1 << 20)).map { _ in UInt8.random(in: .min ... .max, using: &rng) })
+        let encoded = try BinaryEncoder().encode(bytes)
+        #expect(encoded.count <= bytes.count + 16)
+        #expect(try BinaryDecoder().decode(Data.self, from: encoded) == bytes)
+        #expect(try roundTrip(Data()) == Data())
+        #expect(try roundTrip([Data([1, 2]), Data(), Data([3])]) == [Data([1, 2]), Data(), Data([3])])
+        // A run reads as UInt8 elements only.
+        #expect(try BinaryDecoder().decode([UInt8].self, from: BinaryEncoder().encode(Data([4, 5, 6]))) == [4, 5, 6])
+        #expect(throws: DecodingError.self) { try BinaryDecoder().decode([Int8].self, from: encoded) }
+        #expect(try roundTrip(RunsAndValues()) == RunsAndValues())
     }
 
     @Test func bulkFastPaths() throws {

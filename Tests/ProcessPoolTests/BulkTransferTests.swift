@@ -95,6 +95,22 @@ struct BulkTransferTests {
         await pool.shutdown()
     }
 
+    @Test("a worker reuses attachment memory only when no task still holds it", arguments: localMethods)
+    func recycledMemoryIsNeverShared(method: StartMethod) async throws {
+        let pool = try makePool(method, maxWorkers: 1)
+        var seen: [[UInt8]] = []
+        for value in UInt8(1)...4 {
+            seen.append(try await settle(pool.submit(KeepBytes([UInt8](repeating: value, count: 2 << 20)))))
+        }
+        #expect(seen == [[0, 0, 1], [1, 1, 2], [2, 2, 3], [3, 3, 4]])
+        // Echoes of one size in a row reuse memory; the bytes still come back right.
+        for value in UInt8(5)...8 {
+            let blob = [UInt8](repeating: value, count: 3 << 20)
+            #expect(try await settle(pool.submit(EchoBytes(blob))) == blob)
+        }
+        await pool.shutdown()
+    }
+
     @Test("an attachment announced over the limit breaks the pool with a reason", arguments: localMethods)
     func hugeAnnouncement(method: StartMethod) async throws {
         let pool = try makePool(method)

@@ -1,7 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#endif
-
 // The binary Codable format, shared by `BinaryEncoder` and `BinaryDecoder`.
 //
 // Every value starts with a tag byte, so the format is self-describing: a value
@@ -16,6 +12,7 @@ import FoundationEssentials
 //   unkeyed                                tag + u32 byte length + value*
 //   some                                   tag + value that itself starts with null/some
 //   attachment                             tag + varint index of a frame attachment (large [UInt8])
+//   byte run (in unkeyed containers only)  tag + varint count + bytes: that many UInt8 elements
 //
 // Containers carry their byte length (patched when they close), so skipping one
 // is O(1) and keyed lookups may happen in any order. Keys are always
@@ -53,6 +50,8 @@ enum BinaryTag {
     static let packedF32: UInt8 = 0x1A
     /// A `[UInt8]` sent beside the encoding, as one of its frame's attachments.
     static let attachment: UInt8 = 0x1B
+    /// Consecutive `UInt8` elements of an unkeyed container (`Data` encodes so).
+    static let byteRun: UInt8 = 0x1C
 
     /// `[UInt8]` values at least this long become attachments when the writer
     /// collects them: the frame then carries them without a copy.
@@ -155,15 +154,6 @@ extension _EncodingContext {
         } else if encodePackedFastPath(value) {
             return true
         } else {
-            #if canImport(FoundationEssentials)
-            if T.self == Data.self {
-                let data = _identityCast(value, to: Data.self)
-                state.pointee.writer.write(BinaryTag.bytes)
-                state.pointee.writer.writeVarint(UInt64(data.count))
-                data.withUnsafeBytes { state.pointee.writer.bytes.append(contentsOf: $0.assumingMemoryBound(to: UInt8.self)) }
-                return true
-            }
-            #endif
             return false
         }
         return true
@@ -219,9 +209,6 @@ extension _DecodingContext {
             let tag = try tag(at: offset)
             return tag == BinaryTag.bytes || tag == BinaryTag.attachment
         }
-        #if canImport(FoundationEssentials)
-        if T.self == Data.self { return try tag(at: offset) == BinaryTag.bytes }
-        #endif
         #if _endian(little)
         if isFastType(T.self, FastTypes.ints) || isFastType(T.self, FastTypes.int64s) { return try tag(at: offset) == BinaryTag.packedI64 }
         if isFastType(T.self, FastTypes.doubles) { return try tag(at: offset) == BinaryTag.packedF64 }
@@ -266,13 +253,6 @@ extension _DecodingContext {
             end = start + count
             return _identityCast(Array(UnsafeRawBufferPointer(start: base + start, count: count)), to: T.self)
         }
-        #if canImport(FoundationEssentials)
-        if T.self == Data.self {
-            let (count, start) = try readCount(at: offset + 1, elementSize: 1)
-            end = start + count
-            return _identityCast(Data(bytes: base + start, count: count), to: T.self)
-        }
-        #endif
         #if _endian(little)
         if isFastType(T.self, FastTypes.ints) { return _identityCast(try readPacked(Int.self, at: offset, end: &end), to: T.self) }
         if isFastType(T.self, FastTypes.doubles) { return _identityCast(try readPacked(Double.self, at: offset, end: &end), to: T.self) }

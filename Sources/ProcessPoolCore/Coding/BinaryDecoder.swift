@@ -265,6 +265,9 @@ final class _DecodingContext: ManagedBuffer<_DecodingState, _KeyHint> {
             return try containerBounds(at: offset, tag: tag, type: Any.self).end
         case BinaryTag.attachment:
             return try readVarint(at: offset + 1).1
+        case BinaryTag.byteRun:
+            let (n, start) = try readCount(at: offset + 1, elementSize: 1)
+            return start + n
         default:
             throw Self.corrupted("unknown tag 0x\(String(tag, radix: 16)) at offset \(offset)")
         }
@@ -551,6 +554,8 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     private var cursor: Int
     private let end: Int
     private(set) var currentIndex = 0
+    /// Elements already read from the byte run at `cursor`.
+    private var runOffset = 0
 
     init(context: _DecodingContext, cursor: Int, end: Int) {
         self.context = context
@@ -561,20 +566,36 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     var codingPath: [any CodingKey] { [] }
     var isAtEnd: Bool { cursor >= end }
 
-    /// Counted by skipping the remaining values (O(1) each); nil if malformed.
+    /// Counted by skipping the remaining values (O(1) each; a byte run
+    /// counts its bytes); nil if malformed.
     var count: Int? {
-        var n = currentIndex
+        var n = currentIndex - runOffset
         var offset = cursor
         while offset < end {
+            if (try? context.tag(at: offset)) == BinaryTag.byteRun {
+                guard let (length, _) = try? context.readCount(at: offset + 1, elementSize: 1) else { return nil }
+                n += length
+            } else {
+                n += 1
+            }
             guard let next = try? context.skipValue(at: offset) else { return nil }
             offset = next
-            n += 1
         }
         return n
     }
 
+    /// Fails a read of anything but a `UInt8` in the middle of a byte run.
+    @inline(__always)
+    private func checkNotInRun(_ type: Any.Type) throws {
+        guard runOffset == 0 else {
+            throw DecodingError.typeMismatch(type, .init(codingPath: [], debugDescription:
+                "BinaryDecoder: expected \(type), found the rest of a byte run at offset \(cursor)"))
+        }
+    }
+
     @inline(__always)
     private mutating func next<R>(_ type: Any.Type, _ reader: (_DecodingContext, Int) throws -> (R, Int)) throws -> R {
+        try checkNotInRun(type)
         guard cursor < end else {
             throw DecodingError.valueNotFound(type, .init(codingPath: [], debugDescription: "BinaryDecoder: unkeyed container is at its end"))
         }
@@ -586,6 +607,7 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     }
 
     mutating func decodeNil() throws -> Bool {
+        if runOffset > 0 { return false }
         guard cursor < end else {
             throw DecodingError.valueNotFound(Any?.self, .init(codingPath: [], debugDescription: "BinaryDecoder: unkeyed container is at its end"))
         }
@@ -606,12 +628,30 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     mutating func decode(_ type: Int64.Type) throws -> Int64 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: Int128.Type) throws -> Int128 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt.Type) throws -> UInt { try next(type) { try $0.readInteger(type, at: $1) } }
-    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try next(type) { try $0.readInteger(type, at: $1) } }
+    mutating func decode(_ type: UInt8.Type) throws -> UInt8 {
+        if cursor < end, try context.tag(at: cursor) == BinaryTag.byteRun {
+            let (length, start) = try context.readCount(at: cursor + 1, elementSize: 1)
+            guard length > 0, start + length <= end else {
+                throw _DecodingContext.corrupted("byte run of \(length) bytes at offset \(cursor) is empty or overruns its container")
+            }
+            let byte = context.base.load(fromByteOffset: start + runOffset, as: UInt8.self)
+            runOffset += 1
+            currentIndex += 1
+            if runOffset == length {
+                cursor = start + length
+                runOffset = 0
+            }
+            return byte
+        }
+        return try next(type) { try $0.readInteger(type, at: $1) }
+    }
     mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
+        if T.self == UInt8.self { return _identityCast(try decode(UInt8.self), to: T.self) }
+        try checkNotInRun(type)
         guard cursor < end else {
             throw DecodingError.valueNotFound(type, .init(codingPath: [], debugDescription: "BinaryDecoder: unkeyed container is at its end"))
         }

@@ -387,6 +387,23 @@ struct _UnkeyedEncoder: UnkeyedEncodingContainer {
         try context.encodeValue(value)
     }
 
+    /// Contiguous bytes (how `Data` encodes itself) become one byte run:
+    /// their count of `UInt8` elements in one copy.
+    mutating func encode<T: Sequence>(contentsOf sequence: T) throws where T.Element == UInt8 {
+        let written: Void?? = try sequence.withContiguousStorageIfAvailable { buffer -> Void? in
+            guard !buffer.isEmpty else { return () }
+            try context.enter(id)
+            count += buffer.count
+            context.state.pointee.writer.write(BinaryTag.byteRun)
+            context.state.pointee.writer.writeVarint(UInt64(buffer.count))
+            context.state.pointee.writer.writeRaw(UnsafeRawBufferPointer(buffer))
+            return ()
+        }
+        if written == nil {
+            for byte in sequence { try encode(byte) }
+        }
+    }
+
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
         KeyedEncodingContainer(_KeyedEncoder<NestedKey>(context: context, id: nested(tag: BinaryTag.keyed)))
     }

@@ -22,6 +22,9 @@ package final class FrameSplitter {
     /// The attachment being received and how much of it has arrived.
     private var partial: [UInt8] = []
     private var partialFilled = 0
+    /// A large array the owner is done with, reused for the next attachment
+    /// that fits (fresh memory costs a page fault and zeroing per page).
+    private var spare: [UInt8]?
 
     /// Whether an announced attachment is still arriving.
     private var receivingAttachment: Bool { received.count < announced.count }
@@ -59,8 +62,8 @@ package final class FrameSplitter {
     /// Makes room and lets `read` fill it: `read` gets free space and returns
     /// how many bytes it stored (<= 0 is passed back untouched).
     package func fill(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
-        if receivingAttachment { startAttachmentIfNeeded() }
-        if receivingAttachment {
+        // Buffered bytes go first; then the stream goes straight into the attachment.
+        if receivingAttachment && drainIntoAttachments() == false {
             let got = partial.withUnsafeMutableBytes { raw in
                 read(UnsafeMutableRawBufferPointer(rebasing: raw[partialFilled...]))
             }
@@ -120,10 +123,23 @@ package final class FrameSplitter {
                 received.append([])
                 continue
             }
-            partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
             partialFilled = 0
+            if let count = spare?.count, count >= length, count / 2 <= length {
+                partial = spare!
+                spare = nil
+                partial.removeLast(count - length)  // in place: the array is ours alone now
+                continue
+            }
+            partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
             if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_advise_hugepages($0.baseAddress, $0.count) } }
         }
+    }
+
+    /// Offers an array its owner no longer needs for the next attachment of
+    /// about its size. An array still shared elsewhere is copied on first
+    /// write (never overwritten), so this is only ever an optimisation.
+    package func recycle(_ array: [UInt8]) {
+        if array.count >= 1 << 20 && array.count > (spare?.count ?? 0) { spare = array }
     }
 
     private func finishAttachmentIfComplete() {

@@ -140,6 +140,9 @@ final class WorkerLoop {
             out.writer.patchUInt64(elapsed, at: timeMark)
             try out.end()
             if !outgoing.isEmpty { send(lastFrameWith: outgoing) }
+            if let largest = (attachments + outgoing).max(by: { $0.count < $1.count }) {
+                splitter.recycle(largest)
+            }
             averageNanos = averageNanos == 0 ? Double(elapsed) : averageNanos * 0.8 + Double(elapsed) * 0.2
             if tasksLeft > 0 {
                 tasksLeft -= 1
