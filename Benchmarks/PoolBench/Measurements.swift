@@ -1,3 +1,4 @@
+import CProcessPoolShim
 import Glibc
 import ProcessPool
 
@@ -144,23 +145,28 @@ struct Bench {
         return rss
     }
 
-    /// Parent memory (MiB) added by `count` pending futures.
+    /// Parent memory (MiB) that `count` pending futures hold: the growth of
+    /// malloc's bytes in use (RSS would not show memory reused from earlier
+    /// figures, nor count what a previous test left for reuse).
     func pendingFuturesMiB(count: Int) async throws -> Double {
         let gate = "/tmp/pool-bench-gate-\(getpid())"
         unlink(gate)
         let pool = try ProcessPoolExecutor(maxWorkers: 1, context: method, tasks: benchRegistry)
         let blocker = try pool.submit(Gate(path: gate))
-        let before = residentKiB(getpid())
+        let before = mallocBytesInUse()
         var futures: [TaskFuture<Int>] = []
         futures.reserveCapacity(count)
         for i in 0..<count { futures.append(try pool.submit(Noop(x: i))) }
-        let after = residentKiB(getpid())
+        let after = mallocBytesInUse()
         pool.shutdown(wait: false, cancelFutures: true)
         let fd = open(gate, O_CREAT | O_WRONLY, 0o600)
         close(fd)
         _ = try blocker.result()
         await pool.shutdown()
         unlink(gate)
-        return (after - before) / 1024
+        return Double(after - before) / 1_048_576
     }
 }
+
+/// Bytes malloc has handed out and not had back (arenas and mmapped blocks).
+func mallocBytesInUse() -> Int { Int(cpp_malloc_bytes_in_use()) }

@@ -84,23 +84,28 @@ func measureOurs(_ method: StartMethod, primesN: Int, options: Options) async th
     var samples: [String: [Double]] = [:]
     func measure(_ key: String, _ body: () async throws -> Double) async rethrows {
         guard options.only.isEmpty || options.only.contains(key) else { return }
-        samples[key, default: []].append(try await body())
+        let value = try await body()
+        samples[key, default: []].append(value)
+        progress("    [\(method)] \(key) round \(samples[key]!.count)/\(rounds): \(value)")
     }
-    // Worker RSS first, as the Python side does (a fork worker inherits the parent's heap).
-    for _ in 0..<rounds { try await measure("worker_rss_kib") { try await bench.workerRSS() } }
-    for round in 0..<rounds {
-        progress("  \(method) round \(round + 1)/\(rounds)")
-        try await measure("first_result_s") { try await bench.firstResult() }
-        try await measure("round_trip_us") { try await bench.roundTripMicros() }
-        try await measure("submit_tasks_per_s") { try await bench.submitThroughput() }
-        try await measure("map_c1_tasks_per_s") { try await bench.mapThroughput(chunkSize: 1) }
-        try await measure("map_c64_tasks_per_s") { try await bench.mapThroughput(chunkSize: 64) }
-        try await measure("map_c1024_tasks_per_s") { try await bench.mapThroughput(chunkSize: 1024) }
-        try await measure("map_c1024_codable_tasks_per_s") {
-            try await bench.mapThroughput(chunkSize: 1024, codableTasks: true)
-        }
-        try await measure("payload_64mib_mb_per_s") { try await bench.payloadMBps() }
-        try await measure("cpu_speedup") { try await bench.cpuSpeedup() }
+    // Figure by figure, every round of one before the next, in the Python
+    // script's order (worker RSS first: a fork worker inherits the parent's
+    // heap), so both sides measure each figure in the same conditions.
+    let steps: [(String, () async throws -> Double)] = [
+        ("worker_rss_kib", { try await bench.workerRSS() }),
+        ("first_result_s", { try await bench.firstResult() }),
+        ("round_trip_us", { try await bench.roundTripMicros() }),
+        ("submit_tasks_per_s", { try await bench.submitThroughput() }),
+        ("map_c1_tasks_per_s", { try await bench.mapThroughput(chunkSize: 1) }),
+        ("map_c64_tasks_per_s", { try await bench.mapThroughput(chunkSize: 64) }),
+        ("map_c1024_tasks_per_s", { try await bench.mapThroughput(chunkSize: 1024) }),
+        ("map_c1024_codable_tasks_per_s", { try await bench.mapThroughput(chunkSize: 1024, codableTasks: true) }),
+        ("payload_64mib_mb_per_s", { try await bench.payloadMBps() }),
+        ("cpu_speedup", { try await bench.cpuSpeedup() }),
+    ]
+    for (key, body) in steps where options.only.isEmpty || options.only.contains(key) {
+        progress("  \(method) \(key), \(rounds) rounds")
+        for _ in 0..<rounds { try await measure(key, body) }
     }
     return samples.mapValues(median)
 }

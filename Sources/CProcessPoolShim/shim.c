@@ -2,6 +2,7 @@
 #include "CProcessPoolShim.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <fcntl.h>
@@ -312,9 +313,16 @@ int cpp_accept_nonblocking(int listener) {
     return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 
-void cpp_advise_hugepages(void *base, size_t len) {
-    const uintptr_t huge = 2u << 20;
-    uintptr_t start = ((uintptr_t)base + huge - 1) & ~(huge - 1);
-    uintptr_t end = ((uintptr_t)base + len) & ~(huge - 1);
-    if (end > start) (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
+void cpp_prefault(void *base, size_t len) {
+    const uintptr_t page = 4096;
+    uintptr_t start = ((uintptr_t)base + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)base + len) & ~(page - 1);
+    if (end > start) (void)madvise((void *)start, end - start, MADV_POPULATE_WRITE);
+}
+
+
+
+size_t cpp_malloc_bytes_in_use(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
 }

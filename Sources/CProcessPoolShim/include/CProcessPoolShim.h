@@ -61,9 +61,13 @@ void cpp_flush_all(void);
 /// Writes a message to stderr (unbuffered).
 void cpp_log_stderr(const char *message);
 
-/// Asks for transparent huge pages on the 2 MiB-aligned part of a buffer
-/// (fewer page faults when a large attachment is read into it). Advisory.
-void cpp_advise_hugepages(void *base, size_t len);
+/// Faults in the pages of a buffer with one call (MADV_POPULATE_WRITE), so
+/// that filling it does not trap once per page. Advisory.
+void cpp_prefault(void *base, size_t len);
+
+/// Bytes malloc has handed out and not had back (mallinfo2: arenas plus
+/// mmapped blocks); the benchmark's measure of what pending futures hold.
+size_t cpp_malloc_bytes_in_use(void);
 
 /// Monotonic clock in nanoseconds.
 uint64_t cpp_monotonic_ns(void);

@@ -72,14 +72,7 @@ public struct MapResults<Output: Codable & Sendable>: AsyncSequence, @unchecked 
 
         /// The next output in input order, nil at the end.
         @inlinable
-        public mutating func next() async throws -> Output? {
-            if index < buffer.count {
-                let value = buffer[index]
-                index += 1
-                return value
-            }
-            return try await refill(isolation: nil)
-        }
+        public mutating func next() async throws -> Output? { try await next(isolation: nil) }
 
         /// The next output in input order, nil at the end, without leaving
         /// the caller's isolation.

@@ -131,7 +131,7 @@ package final class FrameSplitter {
                 continue
             }
             partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
-            if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_advise_hugepages($0.baseAddress, $0.count) } }
+            if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_prefault($0.baseAddress, $0.count) } }
         }
     }
 

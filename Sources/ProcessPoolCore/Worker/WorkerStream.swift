@@ -8,6 +8,7 @@ struct WorkerStream {
     /// Where frames go (the same descriptor for a socket; stdout's copy over ssh).
     let output: Int32
     private var isSocket = true
+    private var inputIsSocket = true
 
     init(fd: Int32) {
         self.init(input: fd, output: fd)
@@ -47,9 +48,18 @@ struct WorkerStream {
         bytes.withUnsafeBytes { writeAll($0) }
     }
 
-    /// Reads into `buffer`; 0 at EOF, -1 on error.
-    func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    /// Reads into `buffer`; 0 at EOF, -1 on error. A read of 1 MiB or more
+    /// (the rest of an attachment) waits for the whole buffer, so the kernel
+    /// fills it in one call rather than one socket buffer per wake-up.
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         while true {
+            if inputIsSocket && buffer.count >= 1 << 20 {
+                let n = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_WAITALL))
+                if n >= 0 { return n }
+                if errno == EINTR { continue }
+                if errno != ENOTSOCK { return n }
+                inputIsSocket = false  // a pipe (stdin over ssh): plain reads
+            }
             let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if n < 0 && errno == EINTR { continue }
             return n
