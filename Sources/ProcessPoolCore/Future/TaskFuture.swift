@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// The eventual result of a task submitted to a pool (Python's `Future`).
@@ -186,9 +187,14 @@ public final class TaskFuture<Output: Sendable>: Sendable {
         if isDone { return true }
         // A short spin first: a result a round trip away usually arrives in
         // tens of microseconds, sooner than a sleeping thread can be woken.
-        let spinUntil = MonotonicClock.now() &+ 30_000
+        // Each turn yields, so that on a busy machine the spinner does not
+        // keep the worker or the I/O thread off the CPU it is waiting for
+        // (measured: round trip 30 µs; 46-51 µs with a 30 µs busy spin,
+        // 65-85 µs without spinning).
+        let spinUntil = MonotonicClock.now() &+ 100_000
         while MonotonicClock.now() < spinUntil {
             if isDone { return true }
+            sched_yield()
         }
         let waiter = FutureWaiter(event: OneShotEvent())
         guard register(waiter) else { return true }
