@@ -69,6 +69,10 @@ void cpp_prefault(void *base, size_t len);
 /// mmapped blocks); the benchmark's measure of what pending futures hold.
 size_t cpp_malloc_bytes_in_use(void);
 
+/// Asks for send and receive buffers of `bytes` on a socket (the kernel caps
+/// them at net.core.wmem_max / rmem_max; errors, such as ENOTSOCK, ignored).
+void cpp_set_socket_buffers(int fd, int bytes);
+
 /// Monotonic clock in nanoseconds.
 uint64_t cpp_monotonic_ns(void);
 

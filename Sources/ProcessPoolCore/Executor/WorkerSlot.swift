@@ -48,6 +48,7 @@ final class WorkerSlot: @unchecked Sendable {
         self.tasksLeft = tasksLeft
         self.helloDeadline = helloDeadline
         _ = cpp_set_nonblocking(stream, 1)
+        cpp_set_socket_buffers(stream, WireProtocol.socketBufferBytes)
     }
 
     /// How many items may be in flight: about 200 µs of work, 1 to 64 items.

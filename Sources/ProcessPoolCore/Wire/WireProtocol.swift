@@ -24,6 +24,10 @@ package enum WireProtocol {
     package static let maxFrameBytes = 1 << 30
     /// Bytes of the length field.
     package static let headerBytes = 4
+    /// Socket buffers both ends of a stream ask for (the kernel caps them at
+    /// net.core.wmem_max/rmem_max; memory is used only while bytes wait):
+    /// fewer hand-offs between writer and reader for large payloads.
+    package static let socketBufferBytes: Int32 = 4 << 20
     /// The most attachments one frame may carry.
     package static let maxAttachments = 4096
 

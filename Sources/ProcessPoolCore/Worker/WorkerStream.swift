@@ -20,6 +20,7 @@ struct WorkerStream {
         for d in Set([input, output]) {
             _ = cpp_set_nonblocking(d, 0)
             _ = cpp_set_cloexec(d, 1)
+            cpp_set_socket_buffers(d, WireProtocol.socketBufferBytes)
         }
     }
 
