@@ -83,7 +83,6 @@ func measureOurs(_ method: StartMethod, primesN: Int, options: Options) async th
     let bench = Bench(method: method, sizes: options.sizes, primesN: primesN)
     var samples: [String: [Double]] = [:]
     func measure(_ key: String, _ body: () async throws -> Double) async rethrows {
-        guard options.only.isEmpty || options.only.contains(key) else { return }
         let value = try await body()
         samples[key, default: []].append(value)
         progress("    [\(method)] \(key) round \(samples[key]!.count)/\(rounds): \(value)")

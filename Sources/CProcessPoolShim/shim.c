@@ -320,8 +320,6 @@ void cpp_prefault(void *base, size_t len) {
     if (end > start) (void)madvise((void *)start, end - start, MADV_POPULATE_WRITE);
 }
 
-
-
 size_t cpp_malloc_bytes_in_use(void) {
     struct mallinfo2 info = mallinfo2();
     return info.uordblks + info.hblkhd;

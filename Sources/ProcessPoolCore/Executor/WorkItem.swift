@@ -69,10 +69,7 @@ extension TaskFuture: WorkSink where Output: Decodable {
         guard count == 1 else { throw ProtocolViolation("\(count) outcomes for a single task") }
         switch try readLayout(from: &outcomes) {
         case .block:
-            guard BitwiseTypes.isBitwise(Output.self) else {
-                throw ProtocolViolation("a block of results for \(Output.self), which is not BitwiseCodable here")
-            }
-            finish(.success(try BitwiseTypes.readBlock(Output.self, count: 1, from: &outcomes)[0]))
+            finish(.success(try readResultBlock(Output.self, count: 1, from: &outcomes)[0]))
         case .separate:
             finish(try readOutcome(Output.self, from: &outcomes, context: context))
         }
@@ -86,6 +83,15 @@ package func readLayout(from reader: inout ByteReader) throws -> ValueLayout {
     let byte = try reader.readByte()
     guard let layout = ValueLayout(rawValue: byte) else { throw ProtocolViolation("unknown value layout \(byte)") }
     return layout
+}
+
+/// Reads a block of `count` results, refusing one for a type that is not
+/// `BitwiseCodable` in this process.
+private func readResultBlock<Output>(_: Output.Type, count: Int, from reader: inout ByteReader) throws -> [Output] {
+    guard BitwiseTypes.isBitwise(Output.self) else {
+        throw ProtocolViolation("a block of results for \(Output.self), which is not BitwiseCodable here")
+    }
+    return try BitwiseTypes.readBlock(Output.self, count: count, from: &reader)
 }
 
 /// The outcomes of one map chunk.
@@ -122,10 +128,7 @@ package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
         }
         switch try readLayout(from: &outcomes) {
         case .block:
-            guard BitwiseTypes.isBitwise(Output.self) else {
-                throw ProtocolViolation("a block of results for \(Output.self), which is not BitwiseCodable here")
-            }
-            future.finish(.success(.values(try BitwiseTypes.readBlock(Output.self, count: count, from: &outcomes))))
+            future.finish(.success(.values(try readResultBlock(Output.self, count: count, from: &outcomes))))
         case .separate:
             var results: [Result<Output, any Error>] = []
             results.reserveCapacity(count)

@@ -23,7 +23,7 @@ public struct TaskRegistry: Sendable {
         for task in tasks {
             let name = task.taskName
             precondition(runners[name] == nil, "TaskRegistry: two task types are named \(name)")
-            runners[name] = TaskRunner(task)
+            runners[name] = TaskRunner(task, name: name)
             names.append(name)
         }
         var encoders: [@Sendable (any Error) -> (String, [UInt8])?] = []

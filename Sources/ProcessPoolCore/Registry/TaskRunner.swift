@@ -9,21 +9,21 @@ package struct TaskRunner: Sendable {
     package let runOne: @Sendable (_ payload: UnsafeRawBufferPointer, _ registry: TaskRegistry,
                                    _ out: inout ByteWriter) -> Void
 
-    init<T: ProcessTask>(_: T.Type) {
-        let bitwiseTasks = BitwiseTypes.isBitwise(T.self)
-        let bitwiseOutputs = BitwiseTypes.isBitwise(T.Output.self)
+    /// A runner for `T`, registered under `name` (its `taskName`).
+    init<T: ProcessTask>(_: T.Type, name: String) {
         runOne = { payload, registry, out in
-            writeOutcome(call(T.self, payload: payload, attachments: []), registry: registry, into: &out)
+            writeOutcome(call(T.self, payload: payload, attachments: []), of: name, registry: registry,
+                         into: &out)
         }
         runChunk = { calls, count, attachments, registry, out in
-            let layoutByte = try calls.readByte()
-            guard let layout = ValueLayout(rawValue: layoutByte) else {
-                throw ProtocolViolation("unknown call layout \(layoutByte)")
-            }
+            // Asked here, not when the registry is built: a dynamic conformance
+            // check per registered type would run at every process's start.
+            let bitwiseOutputs = BitwiseTypes.isBitwise(T.Output.self)
+            let layout = try readLayout(from: &calls)
             var block: [T] = []
             if layout == .block {
-                guard bitwiseTasks else {
-                    throw ProtocolViolation("\(T.taskName) arrived as a block but is not BitwiseCodable in this worker")
+                guard BitwiseTypes.isBitwise(T.self) else {
+                    throw ProtocolViolation("\(name) arrived as a block but is not BitwiseCodable in this worker")
                 }
                 block = try BitwiseTypes.readBlock(T.self, count: count, from: &calls)
             }
@@ -48,13 +48,13 @@ package struct TaskRunner: Sendable {
                     return
                 }
                 out.write(ValueLayout.separate.rawValue)
-                for value in outputs { writeOutcome(.success(value), registry: registry, into: &out) }
-                writeOutcome(failure, registry: registry, into: &out)
+                for value in outputs { writeOutcome(.success(value), of: name, registry: registry, into: &out) }
+                writeOutcome(failure, of: name, registry: registry, into: &out)
             } else {
                 out.write(ValueLayout.separate.rawValue)
             }
             while done < count {
-                writeOutcome(try outcome(done), registry: registry, into: &out)
+                writeOutcome(try outcome(done), of: name, registry: registry, into: &out)
                 done += 1
             }
         }
@@ -67,7 +67,7 @@ private enum CallOutcome<Output> {
     /// The task threw.
     case thrown(any Error)
     /// The call's payload did not decode as the task type.
-    case undecodable(taskName: String, any Error)
+    case undecodable(any Error)
 }
 
 private func call<T: ProcessTask>(_: T.Type, payload: UnsafeRawBufferPointer,
@@ -75,7 +75,7 @@ private func call<T: ProcessTask>(_: T.Type, payload: UnsafeRawBufferPointer,
     do {
         return run(try BinaryDecoder(attachments: attachments).decode(T.self, from: payload))
     } catch {
-        return .undecodable(taskName: T.taskName, error)
+        return .undecodable(error)
     }
 }
 
@@ -83,9 +83,10 @@ private func run<T: ProcessTask>(_ task: T) -> CallOutcome<T.Output> {
     do { return .success(try task.run()) } catch { return .thrown(error) }
 }
 
-/// Appends one outcome: tag, then the u32-length-prefixed output, or the error.
-private func writeOutcome<Output: Encodable>(_ outcome: CallOutcome<Output>, registry: TaskRegistry,
-                                             into out: inout ByteWriter) {
+/// Appends one outcome of a call of `taskName`: tag, then the
+/// u32-length-prefixed output, or the error.
+private func writeOutcome<Output: Encodable>(_ outcome: CallOutcome<Output>, of taskName: String,
+                                             registry: TaskRegistry, into out: inout ByteWriter) {
     switch outcome {
     case .success(let output):
         let mark = out.count
@@ -101,11 +102,11 @@ private func writeOutcome<Output: Encodable>(_ outcome: CallOutcome<Output>, reg
         } catch {
             out.bytes.removeSubrange(mark...)
             writeRemoteError(typeName: String(reflecting: type(of: error)),
-                             message: "the result of \(Output.self) could not be encoded: \(error)", into: &out)
+                             message: "the result of \(taskName) could not be encoded: \(error)", into: &out)
         }
     case .thrown(let error):
         writeThrown(error, registry: registry, into: &out)
-    case .undecodable(let taskName, let error):
+    case .undecodable(let error):
         writeRemoteError(typeName: "ProcessPool.DecodingFailure",
                          message: "could not decode \(taskName) in the worker: \(error)", into: &out)
     }
