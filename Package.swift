@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "ProcessPool",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "ProcessPool", targets: ["ProcessPool"]),
         .executable(name: "primes", targets: ["Primes"]),
@@ -35,7 +34,10 @@ let package = Package(
         // The public umbrella: `import ProcessPool` is all a local user needs.
         .target(
             name: "ProcessPool",
-            dependencies: ["ProcessPoolCore", "ProcessPoolLocal", "CProcessPoolShim"],
+            dependencies: [
+                "ProcessPoolCore", "ProcessPoolLocal", "CProcessPoolShim",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Sources/ProcessPool"
         ),
         // libssh2 (Debian: libssh2-1-dev), found through pkg-config.

@@ -1,26 +1,47 @@
+import Logging
+
 extension ProcessPoolExecutor {
     /// Creates a pool. No process starts until the first submit.
     ///
-    /// - maxWorkers: nil = the CPUs this process may run on
-    ///   (`sched_getaffinity`), or for `.ssh` the sum of the hosts' worker
-    ///   counts. `<= 0` throws `ProcessPoolError.invalidMaxWorkers`.
-    /// - context: nil = `.forkserver`, or `.spawn` when `maxTasksPerChild` is set.
-    /// - initializer: a registered task run once in each worker before its
-    ///   first task; if it throws, the pool is broken.
-    /// - maxTasksPerChild: a worker exits after that many tasks and is
-    ///   replaced. `<= 0` throws `ProcessPoolError.invalidOption`, and so does
-    ///   combining it with `.fork`.
+    /// ```swift
+    /// let pool = try ProcessPoolExecutor(tasks: TaskRegistry(CountPrimes.self))
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - maxWorkers: The most workers run at once. `nil` means the CPUs this
+    ///     process may run on (`sched_getaffinity`), or for `.ssh` the sum of
+    ///     the hosts' worker counts.
+    ///   - context: How workers start. `nil` means `.forkserver`, or `.spawn`
+    ///     when `maxTasksPerChild` is set.
+    ///   - tasks: The task types the pool may run; workers build the same
+    ///     registry in ``ProcessPoolExecutor/bootstrap(_:)``.
+    ///   - initializer: A registered task run once in each worker before its
+    ///     first task; if it throws, the pool is broken.
+    ///   - maxTasksPerChild: A worker exits after that many tasks and is
+    ///     replaced; `nil` means no limit.
+    ///   - logger: Where the pool logs (worker starts and ends, breaks, remote
+    ///     stderr over ssh), at `info` level or below. Defaults to the
+    ///     task-local `Logger.current`.
+    /// - Throws: ``ProcessPoolError/invalidMaxWorkers(_:)`` when `maxWorkers`
+    ///   is `<= 0`; ``ProcessPoolError/invalidOption(_:)`` when
+    ///   `maxTasksPerChild` is `<= 0` or combined with `.fork`;
+    ///   ``ProcessPoolError/unregisteredTask(_:)`` for an initializer whose
+    ///   type `tasks` lacks.
     public convenience init(maxWorkers: Int? = nil, context: StartMethod? = nil, tasks: TaskRegistry,
-                            initializer: (any ProcessTask)? = nil, maxTasksPerChild: Int? = nil) throws {
+                            initializer: (any ProcessTask)? = nil, maxTasksPerChild: Int? = nil,
+                            logger: Logger = Logger.current) throws {
         let method = context ?? (maxTasksPerChild != nil ? .spawn : StartMethod.defaultMethod)
         try self.init(maxWorkers: maxWorkers, context: method, tasks: tasks,
-                      initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+                      initializer: initializer, maxTasksPerChild: maxTasksPerChild, logger: logger)
     }
 }
 
 extension StartMethod {
-    /// Like `multiprocessing.get_context(name)`: "fork", "spawn" or
-    /// "forkserver"; anything else throws `ProcessPoolError.invalidStartMethod`.
+    /// Looks a local start method up by name, like Python's
+    /// `multiprocessing.get_context(name)`.
+    ///
+    /// - Parameter name: `"fork"`, `"spawn"` or `"forkserver"`.
+    /// - Throws: ``ProcessPoolError/invalidStartMethod(_:)`` for any other name.
     public init(named name: String) throws {
         switch name {
         case "fork": self = .fork
@@ -34,14 +55,38 @@ extension StartMethod {
     public static var defaultMethod: StartMethod { .forkserver }
 }
 
-/// Scoped use, like Python's `with`: the pool is shut down (waiting for its
-/// work) when `body` returns or throws.
+/// Runs `body` with a new pool and shuts the pool down (waiting for its
+/// work) when `body` returns or throws, like Python's `with` statement.
+///
+/// Callable from any isolation (the main actor, an actor, top-level code,
+/// nonisolated code): `body` runs in the caller's isolation, as
+/// `withTaskGroup`'s does.
+///
+/// ```swift
+/// let n = try await withProcessPool(tasks: registry) { pool in
+///     try await pool.submit(CountPrimes(below: 100_000)).value
+/// }
+/// ```
+///
+/// - Parameters:
+///   - maxWorkers: As in ``ProcessPoolExecutor/init(maxWorkers:context:tasks:initializer:maxTasksPerChild:logger:)``.
+///   - context: As there: `nil` means forkserver (spawn with `maxTasksPerChild`).
+///   - tasks: The task types the pool may run.
+///   - initializer: A registered task run once in each worker first.
+///   - maxTasksPerChild: A worker exits after that many tasks and is replaced.
+///   - logger: Where the pool logs; defaults to `Logger.current`.
+///   - isolation: The caller's isolation, inherited; leave the default.
+///   - body: Uses the pool; its result is returned.
+/// - Returns: What `body` returned.
+/// - Throws: The construction errors of ``ProcessPoolExecutor``, or what `body` throws.
 public func withProcessPool<R>(maxWorkers: Int? = nil, context: StartMethod? = nil,
                                tasks: TaskRegistry, initializer: (any ProcessTask)? = nil,
-                               maxTasksPerChild: Int? = nil,
+                               maxTasksPerChild: Int? = nil, logger: Logger = Logger.current,
+                               isolation: isolated (any Actor)? = #isolation,
                                _ body: (ProcessPoolExecutor) async throws -> R) async throws -> R {
     let pool = try ProcessPoolExecutor(maxWorkers: maxWorkers, context: context, tasks: tasks,
-                                       initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+                                       initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+                                       logger: logger)
     do {
         let result = try await body(pool)
         await pool.shutdown()

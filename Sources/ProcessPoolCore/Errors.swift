@@ -35,7 +35,7 @@ public struct RemoteTaskError: Error, CustomStringConvertible, Equatable {
 
 /// Misuse of the pool, or a time-out.
 public enum ProcessPoolError: Error, Equatable, CustomStringConvertible {
-    /// "max_workers must be greater than 0".
+    /// "maxWorkers must be greater than 0".
     case invalidMaxWorkers(Int)
     /// Says which option and why.
     case invalidOption(String)
@@ -51,7 +51,7 @@ public enum ProcessPoolError: Error, Equatable, CustomStringConvertible {
     /// A readable sentence, worded like CPython's where CPython has one.
     public var description: String {
         switch self {
-        case .invalidMaxWorkers(let n): return "max_workers must be greater than 0 (got \(n))"
+        case .invalidMaxWorkers(let n): return "maxWorkers must be greater than 0 (got \(n))"
         case .invalidOption(let why): return why
         case .invalidStartMethod(let name):
             return "cannot find context for '\(name)': the start methods are fork, spawn, forkserver"

@@ -14,12 +14,12 @@ struct ConstructionTests {
                 try ProcessPoolExecutor(maxWorkers: bad, tasks: testRegistry)
             }
         }
-        #expect(ProcessPoolError.invalidMaxWorkers(0).description.contains("max_workers must be greater than 0"))
+        #expect(ProcessPoolError.invalidMaxWorkers(0).description.contains("maxWorkers must be greater than 0"))
     }
 
     @Test("A2: maxTasksPerChild <= 0 and with fork are refused; alone it means spawn")
     func maxTasksPerChildValidation() throws {
-        #expect(throws: ProcessPoolError.invalidOption("max_tasks_per_child must be >= 1")) {
+        #expect(throws: ProcessPoolError.invalidOption("maxTasksPerChild must be >= 1 (got 0)")) {
             try ProcessPoolExecutor(tasks: testRegistry, maxTasksPerChild: 0)
         }
         do {
@@ -63,7 +63,7 @@ struct ConstructionTests {
         #expect(throws: ProcessPoolError.unregisteredTask("NotRegistered")) {
             try ProcessPoolExecutor(tasks: testRegistry, initializer: NotRegistered())
         }
-        #expect(throws: ProcessPoolError.invalidOption("chunksize must be >= 1.")) {
+        #expect(throws: ProcessPoolError.invalidOption("chunkSize must be >= 1 (got 0)")) {
             try pool.map([Echo(1)], chunkSize: 0)
         }
         pool.shutdown(wait: true)

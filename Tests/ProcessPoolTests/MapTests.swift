@@ -72,7 +72,7 @@ struct MapTests {
         }
         #expect(got == (0..<100).map { $0 * $0 })
         #expect(try await settle(pool.submit(Echo(2))) == 2)
-        #expect(throws: ProcessPoolError.invalidOption("buffersize must be None or >= 1.")) {
+        #expect(throws: ProcessPoolError.invalidOption("bufferSize must be nil or >= 1 (got 0)")) {
             _ = try pool.map([Echo(1)], bufferSize: 0)
         }
         await pool.shutdown()

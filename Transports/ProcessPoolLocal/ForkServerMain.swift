@@ -11,7 +11,7 @@ import ProcessPoolCore
 /// is a fork of it that serves `registry`, built once in this process. It
 /// returns 0 when the parent goes away (EOF on `descriptor`), 2 if it could
 /// not start.
-public func runForkServer(descriptor: Int32, registry: TaskRegistry) -> Int32 {
+package func runForkServer(descriptor: Int32, registry: TaskRegistry) -> Int32 {
     guard let setup = ForkServerSetup.receive(from: descriptor) else { return 2 }
     var server = ForkServerLoop(control: descriptor, listener: setup.listener, key: setup.key,
                                 registry: registry)

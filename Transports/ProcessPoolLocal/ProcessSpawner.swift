@@ -44,7 +44,7 @@ enum ProcessSpawner {
 
 /// Checks that the parent which started this process still lives and arms
 /// `PR_SET_PDEATHSIG`, so the process dies with it (even by SIGKILL).
-public func tieLifetimeToParent(_ parent: pid_t) {
+package func tieLifetimeToParent(_ parent: pid_t) {
     _ = cpp_prctl_set_pdeathsig(SIGKILL)
     if parent > 0 && getppid() != parent { cpp_exit_now(0) }
 }

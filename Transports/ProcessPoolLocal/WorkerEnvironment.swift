@@ -6,12 +6,12 @@ import Glibc
 /// own children start as ordinary programs.
 ///
 /// Value: "<role>:<protocol version>:<descriptor>:<parent pid>".
-public enum WorkerEnvironment {
+package enum WorkerEnvironment {
     /// The variable's name.
-    public static let variable = "SWIFT_PROCESSPOOL_ROLE"
+    package static let variable = "SWIFT_PROCESSPOOL_ROLE"
 
     /// What a process was started as.
-    public enum Role: String, Sendable {
+    package enum Role: String, Sendable {
         /// Serve one pool over a descriptor.
         case worker
         /// Run the fork server on a descriptor.
@@ -19,17 +19,17 @@ public enum WorkerEnvironment {
     }
 
     /// The role this process was started in, parsed (and removed) from the environment.
-    public struct Assignment: Sendable {
+    package struct Assignment: Sendable {
         /// Worker or forkserver.
-        public var role: Role
+        package var role: Role
         /// The descriptor that carries the protocol; -1: stdin and stdout.
-        public var descriptor: Int32
+        package var descriptor: Int32
         /// The process that started this one (0: do not check).
-        public var parent: pid_t
+        package var parent: pid_t
     }
 
     /// Reads and removes the variable; nil in an ordinary process.
-    public static func take() -> Assignment? {
+    package static func take() -> Assignment? {
         guard let raw = getenv(variable) else { return nil }
         let value = String(cString: raw)
         unsetenv(variable)

@@ -25,7 +25,7 @@ enum HostCommand: Sendable {
 final class HostLink: @unchecked Sendable {
     let host: ResolvedHost
     private let options: SSHOptions
-    private let logger = Logger(label: "ProcessPool.ssh")
+    private let logger: Logger
     private let wake: Int32
     private let inbox = Mutex<(commands: [HostCommand], stopped: Bool)>(([], false))
     /// Set once the thread has closed its sessions and ended.
@@ -42,8 +42,9 @@ final class HostLink: @unchecked Sendable {
     /// sshd's MaxSessions is 10 per connection: 9 workers and room for a signal.
     private static let channelsPerSession = 9
 
-    init(host: ResolvedHost, options: SSHOptions) {
+    init(host: ResolvedHost, options: SSHOptions, logger: Logger) {
         self.host = host
+        self.logger = logger
         self.options = options
         wake = cpp_eventfd_cloexec(0, 1)
         PoolThread.start(name: "ProcessPool ssh") { [self] in run() }

@@ -23,7 +23,7 @@ struct SSHLauncher: WorkerLauncher {
 
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
         guard !hosts.isEmpty else { throw ProcessPoolError.invalidOption("the ssh start method needs at least one host") }
-        return SSHLaunchSession(links: hosts.map { HostLink(host: ResolvedHost($0, options: options), options: options) })
+        return SSHLaunchSession(links: hosts.map { HostLink(host: ResolvedHost($0, options: options), options: options, logger: pool.logger) })
     }
 }
 

@@ -1,6 +1,10 @@
 #ifndef CPROCESSPOOLSHIM_H
 #define CPROCESSPOOLSHIM_H
 
+#if !defined(__linux__)
+#error "ProcessPool supports Linux only (it uses pidfd, prctl and abstract Unix sockets)"
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>

@@ -13,9 +13,9 @@ extension ProcessPoolExecutor {
     public func map<S: Sequence>(_ tasks: S, timeout: Duration? = nil, chunkSize: Int = 1,
                                  bufferSize: Int? = nil) throws -> MapResults<S.Element.Output>
     where S.Element: ProcessTask {
-        guard chunkSize >= 1 else { throw ProcessPoolError.invalidOption("chunksize must be >= 1.") }
+        guard chunkSize >= 1 else { throw ProcessPoolError.invalidOption("chunkSize must be >= 1 (got \(chunkSize))") }
         if let bufferSize, bufferSize < 1 {
-            throw ProcessPoolError.invalidOption("buffersize must be None or >= 1.")
+            throw ProcessPoolError.invalidOption("bufferSize must be nil or >= 1 (got \(bufferSize))")
         }
         let name = TaskNames.name(of: S.Element.self)
         guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }

@@ -15,7 +15,7 @@ package final class PoolCore: @unchecked Sendable {
     let maxWorkers: Int
     let maxTasksPerChild: Int?
     let initializer: (name: String, payload: [UInt8])?
-    let logger = Logger(label: "ProcessPool")
+    let logger: Logger
 
     let lock = ConditionLock()
     // Guarded by lock:
@@ -41,8 +41,9 @@ package final class PoolCore: @unchecked Sendable {
     let ioThreadID = Mutex<pthread_t?>(nil)
 
     package init(launcher: any WorkerLauncher, registry: TaskRegistry, maxWorkers: Int,
-                 maxTasksPerChild: Int?, initializer: (any ProcessTask)?) throws {
+                 maxTasksPerChild: Int?, initializer: (any ProcessTask)?, logger: Logger) throws {
         self.launcher = launcher
+        self.logger = logger
         self.registry = registry
         self.maxWorkers = maxWorkers
         self.maxTasksPerChild = maxTasksPerChild
@@ -141,7 +142,7 @@ package final class PoolCore: @unchecked Sendable {
         }
         guard first else { return }
         do {
-            let session = try launcher.makeSession(for: PoolDescription(registry: registry, maxWorkers: maxWorkers))
+            let session = try launcher.makeSession(for: PoolDescription(registry: registry, maxWorkers: maxWorkers, logger: logger))
             locked { self.session = session }
         } catch {
             let reason = "could not start the \(launcher.name) start method: \(error)"
@@ -283,7 +284,7 @@ package final class PoolCore: @unchecked Sendable {
     func breakLocked(_ reason: String) {
         guard broken == nil else { return }
         broken = reason
-        logger.error("process pool broken: \(reason)")
+        logger.debug("process pool broken", metadata: ["reason": "\(reason)"])
         let error = BrokenProcessPool(reason: reason)
         var lost = pending.drain()
         for slot in workers { lost += slot.inFlight.drain() }

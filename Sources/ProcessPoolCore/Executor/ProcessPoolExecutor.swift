@@ -1,4 +1,5 @@
 import CProcessPoolShim
+import Logging
 
 /// A pool of worker processes that run `ProcessTask`s: Python's
 /// `concurrent.futures.ProcessPoolExecutor`, for Swift.
@@ -24,23 +25,23 @@ public final class ProcessPoolExecutor: Sendable {
     /// until the first submit). The public initializer lives in `ProcessPool`,
     /// which resolves a nil context.
     package init(maxWorkers: Int?, context: StartMethod, tasks: TaskRegistry,
-                 initializer: (any ProcessTask)?, maxTasksPerChild: Int?) throws {
+                 initializer: (any ProcessTask)?, maxTasksPerChild: Int?, logger: Logger) throws {
         let launcher = context.launcher
         let workers = maxWorkers ?? launcher.defaultWorkerCount ?? ProcessPoolExecutor.usableCPUCount
         guard workers > 0 else { throw ProcessPoolError.invalidMaxWorkers(workers) }
         if let maxTasksPerChild {
             guard maxTasksPerChild >= 1 else {
-                throw ProcessPoolError.invalidOption("max_tasks_per_child must be >= 1")
+                throw ProcessPoolError.invalidOption("maxTasksPerChild must be >= 1 (got \(maxTasksPerChild))")
             }
             guard launcher.supportsMaxTasksPerChild else {
                 throw ProcessPoolError.invalidOption(
-                    "max_tasks_per_child is incompatible with the '\(launcher.name)' start method")
+                    "maxTasksPerChild is incompatible with the '\(launcher.name)' start method")
             }
         }
         self.maxWorkers = workers
         self.startMethod = context
         self.core = try PoolCore(launcher: launcher, registry: tasks, maxWorkers: workers,
-                                 maxTasksPerChild: maxTasksPerChild, initializer: initializer)
+                                 maxTasksPerChild: maxTasksPerChild, initializer: initializer, logger: logger)
     }
 
     deinit { core.shutdown(wait: false, cancelFutures: false) }

@@ -1,3 +1,5 @@
+import Logging
+
 /// How a worker ended, as its transport reports it.
 public enum WorkerExit: Sendable, Equatable, CustomStringConvertible {
     /// The worker exited with this code.
@@ -50,11 +52,20 @@ public struct PoolDescription: Sendable {
     public var registry: TaskRegistry
     /// How many workers the pool will run at most.
     public var maxWorkers: Int
+    /// The pool's logger (the caller's): transports log here too, at `info`
+    /// level or below.
+    public var logger: Logger
 
     /// A description of a pool.
-    public init(registry: TaskRegistry, maxWorkers: Int) {
+    ///
+    /// - Parameters:
+    ///   - registry: The tasks the workers run.
+    ///   - maxWorkers: How many workers the pool runs at most.
+    ///   - logger: Where the transport logs.
+    public init(registry: TaskRegistry, maxWorkers: Int, logger: Logger = Logger.current) {
         self.registry = registry
         self.maxWorkers = maxWorkers
+        self.logger = logger
     }
 }
 
