@@ -7,6 +7,9 @@ extension ProcessPoolExecutor {
     ///
     /// Spawn, forkserver and ssh start this same executable in worker mode,
     /// so `tasks` must list the same task types as the pools of the program.
+    ///
+    /// - Parameter tasks: The task (and error) types this program's pools
+    ///   run, served when this process is a worker or a forkserver.
     public static func bootstrap(_ tasks: TaskRegistry) {
         guard let assignment = WorkerEnvironment.take() else { return }
         tieLifetimeToParent(assignment.parent)

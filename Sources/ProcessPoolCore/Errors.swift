@@ -6,6 +6,9 @@ public struct BrokenProcessPool: Error, CustomStringConvertible, Equatable {
     public var reason: String
 
     /// A broken-pool error with the given reason.
+    ///
+    /// - Parameter reason: Why the pool broke: names the worker (pid, host)
+    ///   and its exit code or signal, or what else failed.
     public init(reason: String) { self.reason = reason }
 
     /// "BrokenProcessPool: " followed by the reason.
@@ -23,6 +26,11 @@ public struct RemoteTaskError: Error, CustomStringConvertible, Equatable {
     public var worker: String
 
     /// A remote error with the given parts.
+    ///
+    /// - Parameters:
+    ///   - typeName: The Swift type of the error thrown in the worker.
+    ///   - message: `String(describing:)` of that error.
+    ///   - worker: Where it ran, e.g. "pid 4242 on localhost".
     public init(typeName: String, message: String, worker: String) {
         self.typeName = typeName
         self.message = message
@@ -47,6 +55,10 @@ public enum ProcessPoolError: Error, Equatable, CustomStringConvertible {
     case shutdown
     /// A result was not ready in time.
     case timeout
+    /// A task's arguments exceed what one message may carry (1 GiB encoded,
+    /// at most 4096 large byte arrays of at most 1 GiB each); says which.
+    /// Only that submit (or that map item) fails; the pool stays usable.
+    case valueTooLarge(String)
 
     /// A readable sentence, worded like CPython's where CPython has one.
     public var description: String {
@@ -59,6 +71,7 @@ public enum ProcessPoolError: Error, Equatable, CustomStringConvertible {
             return "task '\(name)' is not in the pool's TaskRegistry (register it in the pool and in bootstrap)"
         case .shutdown: return "cannot schedule new futures after shutdown"
         case .timeout: return "timed out"
+        case .valueTooLarge(let what): return what
         }
     }
 }

@@ -296,5 +296,6 @@ public let testRegistry = TaskRegistry(
     tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
             WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, CorruptStream.self,
             SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self,
-            BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self, KeepBytes.self],
+            BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self, KeepBytes.self,
+            EchoPayload.self, MakePayload.self, TouchFile.self, MaybeUnencodable.self, MakeBox.self] + cpythonPortTaskTypes,
     errors: [RegisteredFailure.self])

@@ -8,8 +8,8 @@ import ProcessPool
 ProcessPoolExecutor.bootstrap(testRegistry)
 
 let arguments = Array(CommandLine.arguments.dropFirst())
-guard arguments.count == 2, let method = try? StartMethod(named: arguments[1]) else {
-    print("usage: PoolTestWorker hundred-pools|orphan-maker fork|spawn|forkserver")
+guard arguments.count >= 2, let method = try? StartMethod(named: arguments[1]) else {
+    print("usage: PoolTestWorker hundred-pools|orphan-maker|exit-with-work fork|spawn|forkserver [dir]")
     exit(2)
 }
 
@@ -36,6 +36,21 @@ case "orphan-maker":
     fflush(nil)
     _ = try await a.value
     _ = try await b.value
+case "exit-with-work":
+    // Returns from main with work still queued behind slow tasks, the pool
+    // neither shut down nor awaited: the work must still run (SEMANTICS 40).
+    // One pool is dropped at once (its deinit shuts it down without
+    // waiting); the other stays referenced by a global until exit.
+    let dir = arguments[2]
+    func submitAndDrop() throws {
+        let dropped = try ProcessPoolExecutor(maxWorkers: 1, context: method, tasks: testRegistry)
+        for i in 0..<10 { _ = try dropped.submit(TouchFile(path: "\(dir)/dropped-\(i)", delayMilliseconds: 20)) }
+    }
+    try submitAndDrop()
+    let kept = try ProcessPoolExecutor(maxWorkers: 2, context: method, tasks: testRegistry)
+    for i in 0..<20 { _ = try kept.submit(TouchFile(path: "\(dir)/kept-\(i)", delayMilliseconds: 20)) }
+    print("SUBMITTED")
+    fflush(nil)
 default:
     exit(2)
 }

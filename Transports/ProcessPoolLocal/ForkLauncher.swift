@@ -16,6 +16,7 @@ struct ForkLauncher: WorkerLauncher {
 
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
         let registry = pool.registry
+        registry.prepareForFork()
         return LauncherThreadSession { try forkWorker(registry: registry) }
     }
 }

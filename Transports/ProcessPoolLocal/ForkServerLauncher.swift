@@ -11,6 +11,10 @@ extension StartMethod {
     /// whose `main` must call `ProcessPoolExecutor.bootstrap` with the same
     /// registry (useful when this process cannot be its own worker, e.g. a
     /// test runner). One server per executable path serves every pool.
+    ///
+    /// - Parameter executable: The path of the program run as the server
+    ///   (and so as every worker it forks).
+    /// - Returns: The forkserver start method using that program.
     public static func forkserver(executable: String) -> StartMethod {
         StartMethod(launcher: ForkServerLauncher(executable: executable))
     }

@@ -56,9 +56,8 @@ struct ForkServerLoop {
             fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
             for connection in pending { fds.append(pollfd(fd: connection.fd, events: Int16(POLLIN), revents: 0)) }
             for child in children { fds.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0)) }
-            let ready = poll(&fds, nfds_t(fds.count), pollTimeout())
+            let ready = Syscall.poll(&fds, timeoutMilliseconds: pollTimeout())
             if ready < 0 {
-                if errno == EINTR { continue }
                 cpp_log_stderr("forkserver \(serverPID): \(SystemError("poll"))\n")
                 return 2
             }
@@ -198,9 +197,7 @@ struct ForkServerLoop {
         let pidfd = cpp_pidfd_open(pid)
         guard pidfd >= 0 else {
             let failure = errno
-            _ = kill(pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            Syscall.killAndReap(pid)
             answer(connection, pid: -failure, pidfd: nil)
             closeDescriptor(connection)
             return
@@ -253,16 +250,17 @@ struct ForkServerLoop {
     private mutating func reap(pidfd: Int32) {
         guard let index = children.firstIndex(where: { $0.pidfd == pidfd }) else { return }
         let child = children[index]
-        var status: Int32 = 0
-        var result: pid_t
-        repeat { result = waitpid(child.pid, &status, WNOHANG) } while result < 0 && errno == EINTR
-        if result == 0 { return }  // Not yet (should not happen once the pidfd is readable).
+        let result = Syscall.wait(for: child.pid, blocking: false)
+        if result == .running { return }  // Not yet (should not happen once the pidfd is readable).
         children.remove(at: index)
-        if result > 0 {
-            let bytes = ForkServerProtocol.encodeStatus(status)
-            _ = bytes.withUnsafeBytes { cpp_send_nosignal(child.connection, $0.baseAddress, $0.count) }
-        } else {
-            cpp_log_stderr("forkserver \(serverPID): worker \(child.pid): \(SystemError("waitpid"))\n")
+        switch result {
+        case .ended(let exit):
+            let bytes = ForkServerProtocol.encode(exit)
+            _ = bytes.withUnsafeBytes { Syscall.send(child.connection, $0) }
+        case .failed(let failure):
+            cpp_log_stderr("forkserver \(serverPID): worker \(child.pid): \(SystemError("waitpid", errno: failure))\n")
+        case .running:
+            break
         }
         closeDescriptor(child.connection)
         closeDescriptor(child.pidfd)

@@ -69,7 +69,7 @@ final class ForkServerProcess: Sendable {
     var hasEnded: Bool {
         var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: control, events: Int16(POLLIN), revents: 0)]
-        while poll(&fds, 2, 0) < 0 && errno == EINTR {}
+        _ = Syscall.poll(&fds, timeoutMilliseconds: 0)
         return fds[0].revents != 0 || fds[1].revents != 0
     }
 
@@ -77,8 +77,7 @@ final class ForkServerProcess: Sendable {
     /// descriptors. Call once, after removing it from `ForkServers`.
     func dispose() {
         _ = cpp_pidfd_send_signal(pidfd, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = Syscall.wait(for: pid, blocking: true)
         ParentDescriptors.remove(control)
         ParentDescriptors.remove(pidfd)
         closeDescriptor(control)

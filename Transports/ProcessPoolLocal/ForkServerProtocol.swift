@@ -66,14 +66,16 @@ enum ForkServerProtocol {
         return difference == 0
     }
 
-    /// Encodes a `waitpid` status.
-    static func encodeStatus(_ status: Int32) -> [UInt8] {
-        let signaled = cpp_wifsignaled(status) != 0
-        let value = UInt32(bitPattern: signaled ? cpp_wtermsig(status) : cpp_wexitstatus(status))
-        return [signaled ? signaledTag : exitedTag] + littleEndianBytes(value)
+    /// Encodes how a worker ended.
+    static func encode(_ exit: WorkerExit) -> [UInt8] {
+        switch exit {
+        case .signaled(let signal): return [signaledTag] + littleEndianBytes(UInt32(bitPattern: signal))
+        case .exited(let code): return [exitedTag] + littleEndianBytes(UInt32(bitPattern: code))
+        case .lost: return [exitedTag] + littleEndianBytes(UInt32(bitPattern: -1))
+        }
     }
 
-    /// Decodes what `encodeStatus` wrote.
+    /// Decodes what `encode` wrote.
     static func decodeStatus(_ bytes: [UInt8]) -> WorkerExit? {
         guard bytes.count == statusLength else { return nil }
         let value = Int32(bitPattern: readLittleEndian(bytes[1...]))

@@ -10,29 +10,26 @@ final class LauncherThread: @unchecked Sendable {
 
     private let lock = ConditionLock()
     private var jobs: [() -> Void] = []
+    /// Why the thread could not be started (then no local worker can start).
+    private(set) var startFailure: (any Error)?
 
     private init() {
-        PoolThread.start(name: "ProcessPool launch") { [self] in loop() }
+        do {
+            try PoolThread.start(name: "ProcessPool launch") { [self] in loop() }
+        } catch {
+            startFailure = error
+        }
     }
 
-    /// Runs `job` on the launcher thread, after the jobs queued before it.
-    func enqueue(_ job: @escaping @Sendable () -> Void) {
+    /// Runs `job` on the launcher thread, after the jobs queued before it;
+    /// returns the reason instead if there is no launcher thread.
+    func enqueue(_ job: @escaping @Sendable () -> Void) -> (any Error)? {
+        if let startFailure { return startFailure }
         lock.withLock {
             jobs.append(job)
             lock.broadcast()
         }
-    }
-
-    /// Runs `job` on the launcher thread and waits for its result.
-    func run<R: Sendable>(_ job: @escaping @Sendable () -> R) -> R {
-        let done = OneShotEvent()
-        let box = ResultBox<R>()
-        enqueue {
-            box.value = job()
-            done.set()
-        }
-        done.wait()
-        return box.value!
+        return nil
     }
 
     private func loop() {
@@ -54,12 +51,10 @@ struct LauncherThreadSession: LaunchSession {
 
     func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
         let start = self.start
-        LauncherThread.shared.enqueue { completion(Result { try start() }) }
+        if let failure = LauncherThread.shared.enqueue({ completion(Result { try start() }) }) {
+            completion(.failure(failure))
+        }
     }
 
     func close() {}
-}
-
-private final class ResultBox<R>: @unchecked Sendable {
-    var value: R?
 }

@@ -11,6 +11,9 @@ extension StartMethod {
     /// Start each worker as a run of `executable`, whose `main` must call
     /// `ProcessPoolExecutor.bootstrap` with the same registry (useful when
     /// this process cannot be its own worker, e.g. a test runner).
+    ///
+    /// - Parameter executable: The path of the worker program.
+    /// - Returns: The spawn start method running that program.
     public static func spawn(executable: String) -> StartMethod {
         StartMethod(launcher: SpawnLauncher(executable: executable))
     }

@@ -24,16 +24,11 @@ final class LocalWorkerConnection: WorkerConnection {
     func collectExit() -> WorkerExit? {
         reaped.withLock { exit in
             if let exit { return exit }
-            var status: Int32 = 0
-            var result: pid_t
-            repeat { result = waitpid(pid, &status, WNOHANG) } while result < 0 && errno == EINTR
-            if result == 0 { return nil }
-            if result < 0 {
-                exit = .lost("exit status unavailable (\(SystemError("waitpid")))")
-            } else if cpp_wifsignaled(status) != 0 {
-                exit = .signaled(cpp_wtermsig(status))
-            } else {
-                exit = .exited(cpp_wexitstatus(status))
+            switch Syscall.wait(for: pid, blocking: false) {
+            case .running: return nil
+            case .ended(let status): exit = status
+            case .failed(let failure):
+                exit = .lost("exit status unavailable (\(SystemError("waitpid", errno: failure)))")
             }
             return exit
         }
@@ -83,9 +78,7 @@ func openPidfdOrReap(_ pid: pid_t) throws -> Int32 {
     let fd = cpp_pidfd_open(pid)
     guard fd >= 0 else {
         let failure = SystemError("pidfd_open")
-        _ = Glibc.kill(pid, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        Syscall.killAndReap(pid)
         throw failure
     }
     return fd

@@ -38,6 +38,8 @@ final class HostLink: @unchecked Sendable {
     private var channels: [Int: WorkerChannel] = [:]
     private var remotePath: String?
     private var connectError: SSHError?
+    /// Set when the host's thread could not be started.
+    private var threadFailure: String?
 
     /// sshd's MaxSessions is 10 per connection: 9 workers and room for a signal.
     private static let channelsPerSession = 9
@@ -47,7 +49,14 @@ final class HostLink: @unchecked Sendable {
         self.logger = logger
         self.options = options
         wake = cpp_eventfd_cloexec(0, 1)
-        PoolThread.start(name: "ProcessPool ssh") { [self] in run() }
+        do {
+            try PoolThread.start(name: "ProcessPool ssh") { [self] in run() }
+        } catch {
+            // No thread: every launch fails at once, naming why.
+            inbox.withLock { $0.stopped = true }
+            threadFailure = "could not start its thread: \(error)"
+            stopped.set()
+        }
     }
 
     /// Queues a command and wakes the thread (ignored once it stopped).
@@ -55,7 +64,7 @@ final class HostLink: @unchecked Sendable {
         inbox.withLock { inbox in
             guard !inbox.stopped else {
                 if case .launch(let completion) = command {
-                    completion(.failure(SSHError.failed(host: host.label, "the pool is closed")))
+                    completion(.failure(SSHError.failed(host: host.label, threadFailure ?? "the pool is closed")))
                 }
                 return
             }

@@ -14,6 +14,19 @@ public struct SSHHost: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses "host", "user@host", "user@host:port" or "user@[v6addr]:port";
     /// `workers` is the number of worker slots on this host (at least 1).
+    ///
+    /// ```swift
+    /// let host = try SSHHost("alice@node1:2222", workers: 8)
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - destination: "host", "user@host", "user@host:port" or
+    ///     "user@[v6addr]:port". Without a user or port, `~/.ssh/config` or
+    ///     the defaults (the local user, port 22) apply when the pool connects.
+    ///   - workers: Worker slots on this host, at least 1.
+    /// - Throws: ``SSHError/invalidDestination(_:_:)`` for a `workers` below
+    ///   1, an empty user or host name, a bad or out-of-range port, or a
+    ///   missing `]`.
     public init(_ destination: String, workers: Int = 1) throws {
         guard workers >= 1 else {
             throw SSHError.invalidDestination(destination, "workers must be at least 1 (got \(workers))")

@@ -8,6 +8,12 @@ extension StartMethod {
     /// defaults to the sum of the hosts' worker counts; work goes to free
     /// slots on any host. The executable is shipped per `options.remoteWorker`,
     /// and its `main` must call `ProcessPoolExecutor.bootstrap` with the same tasks.
+    ///
+    /// - Parameters:
+    ///   - hosts: The farm: each host with its worker slots. An empty list
+    ///     breaks the pool at its first submit.
+    ///   - options: How to authenticate, check host keys and ship the worker.
+    /// - Returns: The ssh start method for those hosts.
     public static func ssh(_ hosts: [SSHHost], options: SSHOptions = SSHOptions()) -> StartMethod {
         StartMethod(launcher: SSHLauncher(hosts: hosts, options: options))
     }

@@ -281,12 +281,4 @@ final class WorkerChannel {
 }
 
 /// "KILL" (or "SIGKILL") as a signal number; 0 if unknown.
-func signalNumber(_ name: String) -> Int32 {
-    let bare = name.hasPrefix("SIG") ? String(name.dropFirst(3)) : name
-    let table: [String: Int32] = [
-        "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "ILL": SIGILL, "TRAP": SIGTRAP, "ABRT": SIGABRT,
-        "BUS": SIGBUS, "FPE": SIGFPE, "KILL": SIGKILL, "USR1": SIGUSR1, "SEGV": SIGSEGV, "USR2": SIGUSR2,
-        "PIPE": SIGPIPE, "ALRM": SIGALRM, "TERM": SIGTERM, "XCPU": SIGXCPU, "XFSZ": SIGXFSZ, "SYS": SIGSYS,
-    ]
-    return table[bare] ?? 0
-}
+func signalNumber(_ name: String) -> Int32 { SignalNames.number(name) ?? 0 }

@@ -23,7 +23,7 @@ package struct BinaryEncoder: Sendable {
             let mark = state.pointee.writer.count
             let attachmentMark = state.pointee.writer.attachments?.count ?? 0
             do {
-                try context.encodeValue(value)
+                try context.encodeValue(value, depth: 1)
                 if let error = state.pointee.deferredError { throw error }
             } catch {
                 state.pointee.writer.bytes.removeSubrange(mark...)
@@ -46,8 +46,10 @@ struct _EncodingState {
     var overflowFrames: [_EncodingFrame] = []
     /// The id of the innermost open container (0 if none), for the per-write check.
     var topID = 0
+    /// The nesting level of the innermost open container (0 if none): a value
+    /// written to it is one level deeper.
+    var topDepth = 0
     var nextID = 0
-    var depth = 0
     /// An error found by a non-throwing API (`container(keyedBy:)` …), thrown at the end.
     var deferredError: (any Error)?
 
@@ -60,6 +62,10 @@ struct _EncodingFrame {
     var offset: Int
     /// A super-encoder slot: has no header, must hold exactly one value.
     var isSlot: Bool
+    /// The nesting level, counted as `BinaryDecoder` counts it: the top-level
+    /// value is at 1; a value's container is at the value's level; a value,
+    /// nested container or super encoder below a container is one deeper.
+    var depth: Int
 }
 
 /// The object shared by every encoder and container of one `encode` call.
@@ -148,30 +154,48 @@ final class _EncodingContext: ManagedBuffer<_EncodingState, _EncodingFrame> {
                 s.pointee.writer.patch(UInt32(length), at: frame.offset + 1)
             }
         }
-        s.pointee.topID = height > 0 ? frame(at: height - 1).id : 0
+        if height > 0 {
+            let top = frame(at: height - 1)
+            s.pointee.topID = top.id
+            s.pointee.topDepth = top.depth
+        } else {
+            s.pointee.topID = 0
+            s.pointee.topDepth = 0
+        }
     }
 
-    /// Opens a container (or a slot) at the end of the output; returns its id,
-    /// or -1 (every write then throws) when nesting is too deep.
-    func open(tag: UInt8?) -> Int {
+    /// Opens a container (or a slot) at nesting level `depth` at the end of
+    /// the output; returns its id, or -1 (every write then throws) when
+    /// nesting is too deep.
+    func open(tag: UInt8?, depth: Int) -> Int {
         let s = state
-        guard s.pointee.frameCount < BinaryCodingLimits.maxDepth else {
-            fail("nesting deeper than \(BinaryCodingLimits.maxDepth)")
+        guard depth <= BinaryCodingLimits.maxDepth else {
+            fail(Self.tooDeep)
             return -1
         }
         s.pointee.nextID += 1
         let id = s.pointee.nextID
-        push(_EncodingFrame(id: id, offset: s.pointee.writer.count, isSlot: tag == nil))
+        push(_EncodingFrame(id: id, offset: s.pointee.writer.count, isSlot: tag == nil, depth: depth))
         if let tag {
             s.pointee.writer.write(tag: tag, UInt32(0))
         }
         s.pointee.topID = id
+        s.pointee.topDepth = depth
         return id
+    }
+
+    static let tooDeep = "nesting depth exceeds the limit of \(BinaryCodingLimits.maxDepth)"
+
+    /// Opens a container or slot one level below the innermost open container
+    /// (the one that just wrote, so it is on top).
+    @inline(__always)
+    func openNested(tag: UInt8?) -> Int {
+        open(tag: tag, depth: state.pointee.topDepth + 1)
     }
 
     /// The container a value asks for: opened on first request, the same one
     /// again on a second request of the same kind (e.g. `super.encode(to:)`).
-    func container(tag: UInt8, base: Int, start: Int) -> Int {
+    func container(tag: UInt8, base: Int, start: Int, depth: Int) -> Int {
         let s = state
         if s.pointee.frameCount > base {
             let frame = frame(at: base)
@@ -183,7 +207,7 @@ final class _EncodingContext: ManagedBuffer<_EncodingState, _EncodingFrame> {
             fail("a value asked for a container after writing a single value")
             return -1
         }
-        return open(tag: tag)
+        return open(tag: tag, depth: depth)
     }
 
     func fail(_ message: String) {
@@ -195,18 +219,17 @@ final class _EncodingContext: ManagedBuffer<_EncodingState, _EncodingFrame> {
 
     // MARK: Values
 
-    /// Writes one complete value; anything it opened is closed on return.
-    func encodeValue<T: Encodable>(_ value: T) throws {
+    /// Writes one complete value at nesting level `depth`; anything it opened
+    /// is closed on return.
+    func encodeValue<T: Encodable>(_ value: T, depth: Int) throws {
         if encodeFastPath(value) { return }
-        let s = state
-        guard s.pointee.depth < BinaryCodingLimits.maxDepth else {
+        guard depth <= BinaryCodingLimits.maxDepth else {
             throw EncodingError.invalidValue(
-                value, .init(codingPath: [], debugDescription: "BinaryEncoder: nesting deeper than \(BinaryCodingLimits.maxDepth)"))
+                value, .init(codingPath: [], debugDescription: "BinaryEncoder: \(Self.tooDeep)"))
         }
-        s.pointee.depth += 1
-        defer { s.pointee.depth -= 1 }
+        let s = state
         let base = s.pointee.frameCount, start = s.pointee.writer.count
-        try value.encode(to: _BinaryEncoderImpl(context: self, base: base, start: start))
+        try value.encode(to: _BinaryEncoderImpl(context: self, start: start, base: base, depth: depth))
         if s.pointee.frameCount > base { try close(downTo: base) }
         if s.pointee.writer.count == start { s.pointee.writer.write(BinaryTag.empty) }
     }
@@ -259,27 +282,41 @@ final class _EncodingContext: ManagedBuffer<_EncodingState, _EncodingFrame> {
     }
 }
 
-/// The `Encoder` handed to `encode(to:)`: one per value, three words (no allocation).
+/// The `Encoder` handed to `encode(to:)`: one per value, three words (no
+/// allocation: an existential holds three words inline).
 struct _BinaryEncoderImpl: Encoder {
     let context: _EncodingContext
-    /// Container-stack height and output size when this value started.
-    let base: Int
+    /// Output size when this value started.
     let start: Int
+    /// Container-stack height when this value started, and the value's
+    /// nesting level; both are at most about 2 × `maxDepth`, so they share a word.
+    private let _base: Int32
+    private let _depth: Int32
+
+    init(context: _EncodingContext, start: Int, base: Int, depth: Int) {
+        self.context = context
+        self.start = start
+        _base = Int32(truncatingIfNeeded: base)
+        _depth = Int32(truncatingIfNeeded: depth)
+    }
+
+    var base: Int { Int(_base) }
+    var depth: Int { Int(_depth) }
 
     var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        let id = context.container(tag: BinaryTag.keyed, base: base, start: start)
+        let id = context.container(tag: BinaryTag.keyed, base: base, start: start, depth: depth)
         return KeyedEncodingContainer(_KeyedEncoder<Key>(context: context, id: id))
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
-        _UnkeyedEncoder(context: context, id: context.container(tag: BinaryTag.unkeyed, base: base, start: start))
+        _UnkeyedEncoder(context: context, id: context.container(tag: BinaryTag.unkeyed, base: base, start: start, depth: depth))
     }
 
     func singleValueContainer() -> any SingleValueEncodingContainer {
-        _SingleValueEncoder(context: context, base: base, start: start)
+        _SingleValueEncoder(context: context, start: start, base: _base, depth: _depth)
     }
 }
 
@@ -316,7 +353,7 @@ struct _KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
         try begin(key)
-        try context.encodeValue(value)
+        try context.encodeValue(value, depth: context.state.pointee.topDepth + 1)
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(
@@ -334,14 +371,16 @@ struct _KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
 
     private func nested(_ key: Key, tag: UInt8) -> Int {
         do { try begin(key) } catch { context.fail("nested container of a closed container"); return -1 }
-        return context.open(tag: tag)
+        return context.openNested(tag: tag)
     }
 
     private func superEncoder(key: String) -> any Encoder {
         do { try context.enter(id) } catch { context.fail("super encoder of a closed container") }
         context.writeUTF8(key)
-        _ = context.open(tag: nil)
-        return _BinaryEncoderImpl(context: context, base: context.frameCount, start: context.state.pointee.writer.count)
+        let depth = context.state.pointee.topDepth + 1
+        _ = context.open(tag: nil, depth: depth)
+        return _BinaryEncoderImpl(context: context, start: context.state.pointee.writer.count,
+                                  base: context.frameCount, depth: depth)
     }
 }
 
@@ -384,7 +423,7 @@ struct _UnkeyedEncoder: UnkeyedEncodingContainer {
 
     mutating func encode<T: Encodable>(_ value: T) throws {
         try begin()
-        try context.encodeValue(value)
+        try context.encodeValue(value, depth: context.state.pointee.topDepth + 1)
     }
 
     /// Contiguous bytes (how `Data` encodes itself) become one byte run:
@@ -414,27 +453,31 @@ struct _UnkeyedEncoder: UnkeyedEncodingContainer {
 
     mutating func superEncoder() -> any Encoder {
         do { try begin() } catch { context.fail("super encoder of a closed container") }
-        _ = context.open(tag: nil)
-        return _BinaryEncoderImpl(context: context, base: context.frameCount, start: context.state.pointee.writer.count)
+        let depth = context.state.pointee.topDepth + 1
+        _ = context.open(tag: nil, depth: depth)
+        return _BinaryEncoderImpl(context: context, start: context.state.pointee.writer.count,
+                                  base: context.frameCount, depth: depth)
     }
 
     private mutating func nested(tag: UInt8) -> Int {
         do { try begin() } catch { context.fail("nested container of a closed container"); return -1 }
-        return context.open(tag: tag)
+        return context.openNested(tag: tag)
     }
 }
 
 /// Single value container: exactly one value, where the value began.
 struct _SingleValueEncoder: SingleValueEncodingContainer {
     let context: _EncodingContext
-    let base: Int
     let start: Int
+    /// As in `_BinaryEncoderImpl` (three words in all).
+    let base: Int32
+    let depth: Int32
 
     var codingPath: [any CodingKey] { [] }
 
     @inline(__always)
     private func claim() throws {
-        guard context.state.pointee.writer.count == start, context.frameCount == base else {
+        guard context.state.pointee.writer.count == start, context.frameCount == Int(base) else {
             throw EncodingError.invalidValue(
                 start, .init(codingPath: [], debugDescription: "BinaryEncoder: single value container written twice"))
         }
@@ -462,7 +505,7 @@ struct _SingleValueEncoder: SingleValueEncodingContainer {
     /// prefix, so `Optional<Optional<T>>.some(nil)` stays distinct from `nil`.
     mutating func encode<T: Encodable>(_ value: T) throws {
         try claim()
-        try context.encodeValue(value)
+        try context.encodeValue(value, depth: Int(depth) + 1)
         let first = context.state.pointee.writer.bytes[start]
         if first == BinaryTag.null || first == BinaryTag.some {
             context.state.pointee.writer.bytes.insert(BinaryTag.some, at: start)

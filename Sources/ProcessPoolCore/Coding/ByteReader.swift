@@ -13,6 +13,8 @@ package struct ByteReader {
     package private(set) var offset: Int
 
     package init(_ base: UnsafeRawBufferPointer, offset: Int = 0) {
+        // Every check below measures from `offset`: it must be inside.
+        precondition(offset >= 0 && offset <= base.count, "ByteReader offset \(offset) outside 0...\(base.count)")
         self.base = base
         self.offset = offset
     }

@@ -34,7 +34,7 @@ final class IOLoop: @unchecked Sendable {
                     }
                     fds.append(pollfd(fd: slot.streamClosed ? -1 : slot.stream, events: events, revents: 0))
                     fds.append(pollfd(fd: slot.exitDescriptor, events: Int16(POLLIN), revents: 0))
-                    if slot.phase == .starting { deadline = min(deadline, slot.helloDeadline) }
+                    if slot.phase == .starting && !slot.saidHello { deadline = min(deadline, slot.helloDeadline) }
                     if let eof = slot.eofDeadline { deadline = min(deadline, eof) }
                 }
                 core.ioSleeping = true
@@ -43,12 +43,12 @@ final class IOLoop: @unchecked Sendable {
                 return deadline <= now ? 0 : Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
             }
             guard let timeout else { break }
-            let ready = poll(&fds, nfds_t(fds.count), timeout)
+            let ready = Syscall.poll(&fds, timeoutMilliseconds: timeout)
             core.locked {
                 core.ioSleeping = false
                 core.wakePosted = false
             }
-            if ready < 0 && errno != EINTR {
+            if ready < 0 {
                 core.locked { core.breakLocked("poll failed: \(SystemError("poll"))") }
                 continue
             }
@@ -60,9 +60,7 @@ final class IOLoop: @unchecked Sendable {
                 let stream = fds[1 + 2 * index].revents
                 let exited = fds[2 + 2 * index].revents
                 if stream & Int16(POLLOUT) != 0 {
-                    core.locked {
-                        if !slot.flush() { slot.streamClosed = true }
-                    }
+                    core.locked { core.flushLocked(slot) }
                 }
                 if stream & Int16(POLLIN | POLLHUP | POLLERR) != 0 || exited != 0 {
                     readAvailable(slot, untilDrained: exited != 0)
@@ -79,26 +77,35 @@ final class IOLoop: @unchecked Sendable {
 
     /// Reads what the worker sent and handles each complete frame.
     private func readAvailable(_ slot: WorkerSlot, untilDrained: Bool) {
+        if core.locked({ slot.streamClosed }) { return }
         var rounds = 0
         while untilDrained || rounds < 16 {
             rounds += 1
-            let n = slot.splitter.fill { buffer in
-                Glibc.read(slot.stream, buffer.baseAddress, buffer.count)
+            var outcome = Syscall.IO.endOfStream
+            _ = slot.splitter.fill { buffer in
+                outcome = Syscall.read(slot.stream, into: buffer)
+                if case .bytes(let n) = outcome { return n }
+                return 0
             }
-            let failure = n < 0 ? errno : 0
-            if n > 0 {
+            if case .bytes = outcome {
                 do {
                     while try slot.splitter.nextFrame({ kind, body, attachments in
                         try handleFrame(slot, kind, body, attachments)
                     }) {}
                 } catch {
-                    core.locked { core.breakLocked("malformed frame from worker \(slot.label): \(error)") }
+                    // The stream is out of step: read no more of it (what
+                    // the worker sends next is not buffered), break the
+                    // pool, which stops the worker.
+                    slot.splitter.discard()
+                    core.locked {
+                        core.breakLocked("malformed frame from worker \(slot.label): \(error)")
+                        core.abandonStreamLocked(slot)
+                    }
                     return
                 }
                 continue
             }
-            if n < 0 && failure == EINTR { continue }
-            if n < 0 && (failure == EAGAIN || failure == EWOULDBLOCK) { break }
+            if outcome == .wouldBlock { break }
             // EOF or a broken stream.
             core.locked {
                 if !slot.streamClosed {
@@ -118,58 +125,62 @@ final class IOLoop: @unchecked Sendable {
         var reader = ByteReader(body)
         switch kind {
         case .results:
-            let itemID = try reader.readVarint()
-            let runNanos = try reader.read(UInt64.self)
-            let count = try reader.readVarint()
+            let header = try ResultsHeader(from: &reader)
             let item = try core.locked { () throws -> WorkItem? in
                 guard let head = slot.inFlight.first else {
                     if core.broken != nil { return nil }
-                    throw ProtocolViolation("results for item \(itemID), which this worker does not hold")
+                    throw ProtocolViolation("results for item \(header.itemID), which this worker does not hold")
                 }
-                guard head.id == itemID else {
-                    throw ProtocolViolation("results for item \(itemID), expected \(head.id)")
+                guard head.id == header.itemID else {
+                    throw ProtocolViolation("results for item \(header.itemID), expected \(head.id)")
                 }
                 _ = slot.inFlight.popFirst()
-                let sample = Double(runNanos)
-                slot.averageNanos = slot.averageNanos == 0 ? sample : slot.averageNanos * 0.8 + sample * 0.2
+                slot.recordRunTime(nanos: header.runNanos)
                 core.dispatchLocked(deferWrites: true)
                 return head
             }
             guard let item else { return }
             let context = OutcomeContext(registry: core.registry, worker: slot.label, attachments: attachments)
             do {
-                try item.sink.complete(outcomes: &reader, count: Int(count), context: context)
+                try item.sink.complete(outcomes: &reader, header: header, context: context)
             } catch {
                 item.sink.fail(BrokenProcessPool(reason: "malformed results from worker \(slot.label): \(error)"))
                 throw error
             }
         case .hello:
-            let version = try reader.read(UInt16.self)
-            guard version == WireProtocol.version else {
-                throw ProtocolViolation("worker speaks protocol \(version), the pool \(WireProtocol.version)")
+            let hello = try HelloMessage(from: &reader)
+            try core.locked {
+                guard slot.phase == .starting, !slot.saidHello else {
+                    throw ProtocolViolation("a second hello")
+                }
+                slot.saidHello = true
+                // Transports that cannot know the pid (ssh) name the host; the
+                // hello's pid goes into the label only, never into a signal.
+                if !slot.label.contains("pid") { slot.label = "pid \(hello.pid) on \(slot.label)" }
             }
-            let pid = try reader.readVarint()
-            let ok = try reader.readByte() != 0
+        case .ready:
+            let ready = try ReadyHeader(from: &reader)
             var failure: String?
-            if !ok {
+            if !ready.ok {
                 let context = OutcomeContext(registry: core.registry, worker: slot.label)
                 switch try readOutcome(Never?.self, from: &reader, context: context) {
                 case .failure(let error): failure = String(describing: error)
                 case .success: failure = "unknown error"
                 }
             }
-            core.locked {
-                // Transports that cannot know the pid (ssh) name the host; the hello names the pid.
-                if !slot.label.contains("pid") { slot.label = "pid \(pid) on \(slot.label)" }
+            try core.locked {
+                guard slot.saidHello, slot.phase == .starting else {
+                    throw ProtocolViolation("ready before hello, or twice")
+                }
                 if let failure {
                     core.breakLocked("the initializer failed in worker \(slot.label): \(failure)")
                     return
                 }
-                if slot.phase == .starting { slot.phase = slot.exitRequested ? .leaving : .ready }
+                slot.phase = slot.exitRequested ? .leaving : .ready
                 core.dispatchLocked()
             }
         case .goodbye:
-            _ = try reader.readVarint()
+            _ = try GoodbyeMessage(from: &reader)
             core.locked {
                 slot.saidGoodbye = true
                 slot.phase = .leaving
@@ -214,7 +225,7 @@ final class IOLoop: @unchecked Sendable {
     private func maintainLocked() {
         let now = MonotonicClock.now()
         for slot in core.workers where slot.exit == nil {
-            if slot.phase == .starting && now >= slot.helloDeadline && core.broken == nil {
+            if slot.phase == .starting && !slot.saidHello && now >= slot.helloDeadline && core.broken == nil {
                 core.breakLocked("worker \(slot.label) did not start the protocol within "
                     + "\(core.launcher.helloTimeout): does main() call ProcessPoolExecutor.bootstrap first?")
             }
@@ -226,12 +237,14 @@ final class IOLoop: @unchecked Sendable {
         }
         // Shutdown: once no work is left, ask every worker to exit.
         if core.shutdownRequested && core.broken == nil {
-            core.pending.removeAll { $0.sink.isCancelled }
+            // Cancelled items at the head go (the rest are skipped when
+            // dispatch reaches them): no rescan of a long backlog per pass.
+            while let head = core.pending.first, head.sink.isCancelled { _ = core.pending.popFirst() }
             let busy = !core.pending.isEmpty || core.workers.contains { !$0.inFlight.isEmpty }
             if !busy {
                 for slot in core.workers where slot.exit == nil {
                     core.requestExitLocked(slot)
-                    if !slot.flush() { slot.streamClosed = true }
+                    core.flushLocked(slot)
                 }
             } else if core.liveWorkerCount == 0 && core.launching == 0 && !core.pending.isEmpty {
                 core.launchLocked()
@@ -245,6 +258,7 @@ final class IOLoop: @unchecked Sendable {
     }
 
     private func finish() {
+        LivePools.remove(core)
         let callbacks = core.locked { () -> [@Sendable () -> Void] in
             core.finishedFlag = true
             core.ioSleeping = false

@@ -1,18 +1,29 @@
 /// The consumer's side of a map: submitted chunks in order, the chunk being
 /// read, and the input not yet submitted. Used by one consumer at a time.
+///
+/// Errors keep their place: a chunk that could not be encoded or submitted
+/// is queued already failed, so its error surfaces at its position, after
+/// every output before it.
+///
+/// Outputs that hold references (not plain bits) are handed out one at a
+/// time and dropped from here as they go, so nothing the consumer was given
+/// stays alive because of the map.
 @usableFromInline
 final class MapState<Output: Codable & Sendable>: @unchecked Sendable {
     let pool: ProcessPoolExecutor
     let deadline: UInt64?
-    var nextChunk: (() throws -> (WorkItem, ChunkSink<Output>)?)?
+    var nextChunk: (() -> [MapChunk<Output>])?
     var bufferSize: Int?
     var submitted = RingQueue<ChunkSink<Output>>()
-    var current: ChunkOutcomes<Output> = .values([])
-    var index = 0
+    /// Plain-bits outputs of the chunk being read, handed out in batches.
+    var values: [Output] = []
+    /// Any other chunk's outcomes, last first (handed out by `popLast`).
+    var outcomes: [Result<Output, any Error>] = []
     var done = false
+    /// Whether outputs hold no references: batches may then be shared.
+    let plainBits = _isPOD(Output.self)
 
-    init(pool: ProcessPoolExecutor, deadline: UInt64?,
-         nextChunk: @escaping () throws -> (WorkItem, ChunkSink<Output>)?) {
+    init(pool: ProcessPoolExecutor, deadline: UInt64?, nextChunk: @escaping () -> [MapChunk<Output>]) {
         self.pool = pool
         self.deadline = deadline
         self.nextChunk = nextChunk
@@ -22,25 +33,44 @@ final class MapState<Output: Codable & Sendable>: @unchecked Sendable {
 
     /// Submits chunks until `limit` are outstanding (nil: the whole input),
     /// a few at a time so that workers start while the rest is encoded.
-    func submitAhead(limit: Int?) throws {
+    ///
+    /// A pool that is shut down or broken throws here only on the first call
+    /// (from `map` itself, as CPython's does); later, the chunks it refused
+    /// are failed in place and the input is read no further.
+    func submitAhead(limit: Int?, first: Bool = false) throws {
         bufferSize = limit
         var items: [WorkItem] = []
+        var sinks: [ChunkSink<Output>] = []
         var bytes = 0
+        func send() throws {
+            guard !items.isEmpty else { return }
+            do {
+                try pool.core.submit(items)
+            } catch {
+                if first { throw error }
+                for sink in sinks { sink.fail(error) }
+                nextChunk = nil
+            }
+            items.removeAll(keepingCapacity: true)
+            sinks.removeAll(keepingCapacity: true)
+            bytes = 0
+        }
         while limit == nil || submitted.count < limit!, let make = nextChunk {
-            guard let (item, sink) = try make() else {
+            let chunks = make()
+            if chunks.isEmpty {
                 nextChunk = nil
                 break
             }
-            bytes += item.frame.count
-            items.append(item)
-            submitted.append(sink)
-            if items.count >= 16 || bytes >= 256 * 1024 {
-                try pool.core.submit(items)
-                items.removeAll(keepingCapacity: true)
-                bytes = 0
+            for chunk in chunks {
+                submitted.append(chunk.sink)
+                guard let item = chunk.item else { continue }
+                bytes += item.frame.count
+                items.append(item)
+                sinks.append(chunk.sink)
             }
+            if items.count >= 16 || bytes >= 256 * 1024 { try send() }
         }
-        if !items.isEmpty { try pool.core.submit(items) }
+        try send()
     }
 
     /// The next outputs in input order (never empty), nil at the end. Throws
@@ -48,20 +78,14 @@ final class MapState<Output: Codable & Sendable>: @unchecked Sendable {
     func nextBatch(isolation actor: isolated (any Actor)?) async throws -> [Output]? {
         while true {
             if done { return nil }
-            if index < current.count {
-                switch current {
-                case .values(let values):
-                    let batch = index == 0 ? values : Array(values[index...])
-                    index = values.count
-                    return batch
-                case .outcomes(let outcomes):
-                    var batch: [Output] = []
-                    while index < outcomes.count, case .success(let value) = outcomes[index] {
-                        batch.append(value)
-                        index += 1
-                    }
-                    if !batch.isEmpty { return batch }
-                    if case .failure(let error) = outcomes[index] { throw finish(error) }
+            if !values.isEmpty {
+                defer { values = [] }
+                return values
+            }
+            if let outcome = outcomes.popLast() {
+                switch outcome {
+                case .success(let value): return [value]
+                case .failure(let error): throw finish(error)
                 }
             }
             guard let sink = submitted.popFirst() else {
@@ -69,24 +93,40 @@ final class MapState<Output: Codable & Sendable>: @unchecked Sendable {
                 return nil
             }
             if bufferSize != nil && nextChunk != nil {
-                do { try submitAhead(limit: bufferSize) } catch { throw finish(error) }
+                try? submitAhead(limit: bufferSize)
             }
             if !(await sink.future.waitDone(deadline: deadline)) {
+                if Task.isCancelled {
+                    // The consumer's task was cancelled: stop waiting, give
+                    // up what has not started.
+                    sink.cancel()
+                    throw finish(CancellationError())
+                }
                 sink.cancel()
                 throw finish(ProcessPoolError.timeout)
             }
-            switch sink.future.doneOutcome()! {
-            case .success(let outcomes):
-                current = outcomes
-                index = 0
-            case .failure(let error):
-                throw finish(error)
+            if case .failure(let error) = sink.future.doneOutcome()! { throw finish(error) }
+            switch sink.takeOutcomes() {
+            case .values(let chunk):
+                if plainBits {
+                    values = chunk
+                } else {
+                    outcomes = chunk.reversed().map { .success($0) }
+                }
+            case .outcomes(let chunk):
+                if plainBits, chunk.allSatisfy({ if case .success = $0 { true } else { false } }) {
+                    values = chunk.map { try! $0.get() }
+                } else {
+                    outcomes = chunk.reversed()
+                }
             }
         }
     }
 
     private func finish(_ error: any Error) -> any Error {
         done = true
+        values = []
+        outcomes = []
         cancelRest()
         return error
     }

@@ -31,6 +31,7 @@ package final class PoolCore: @unchecked Sendable {
     var wakePosted = false
     var finishedFlag = false
     var finishCallbacks: [@Sendable () -> Void] = []
+
     /// Work to do once the lock is released (failing and cancelling futures
     /// runs their callbacks, which may call back into the pool).
     var afterUnlock: [() -> Void] = []
@@ -50,7 +51,12 @@ package final class PoolCore: @unchecked Sendable {
         if let initializer {
             let name = type(of: initializer).taskName
             guard registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
-            self.initializer = (name, try BinaryEncoder().encode(initializer))
+            let payload = try BinaryEncoder().encode(initializer)
+            guard payload.count <= WireProtocol.maxFrameBytes - 64 * 1024 else {
+                throw ProcessPoolError.valueTooLarge("the initializer \(name) encodes to \(payload.count) bytes, over "
+                    + "the protocol's limit of \(WireProtocol.maxFrameBytes) bytes per message")
+            }
+            self.initializer = (name, payload)
         } else {
             self.initializer = nil
         }
@@ -141,13 +147,14 @@ package final class PoolCore: @unchecked Sendable {
             return true
         }
         guard first else { return }
+        LivePools.add(self)
         do {
             let session = try launcher.makeSession(for: PoolDescription(registry: registry, maxWorkers: maxWorkers, logger: logger))
             locked { self.session = session }
         } catch {
             let reason = "could not start the \(launcher.name) start method: \(error)"
             locked { breakLocked(reason) }
-            startIOThread()
+            try startIOThread()
             throw BrokenProcessPool(reason: reason)
         }
         if launcher.startsAllWorkersAtOnce {
@@ -157,13 +164,30 @@ package final class PoolCore: @unchecked Sendable {
             }
             group.wait()
         }
-        startIOThread()
+        try startIOThread()
     }
 
-    private func startIOThread() {
+    /// Starts the I/O thread; if the system refuses a thread, the pool is
+    /// broken with the reason (and the error thrown to the submitter).
+    private func startIOThread() throws {
         let loop = IOLoop(core: self)
-        PoolThread.start(name: "ProcessPool I/O") {
-            loop.run()
+        do {
+            try PoolThread.start(name: "ProcessPool I/O") {
+                loop.run()
+            }
+        } catch {
+            let reason = "could not start the pool's I/O thread: \(error)"
+            let session = locked { () -> (any LaunchSession)? in
+                breakLocked(reason)
+                // Nothing will watch these workers: stop them here.
+                for slot in workers where slot.exit == nil { slot.connection.kill() }
+                finishedFlag = true
+                defer { self.session = nil }
+                return self.session
+            }
+            session?.close()
+            finished.set()
+            throw BrokenProcessPool(reason: reason)
         }
     }
 
@@ -176,19 +200,30 @@ package final class PoolCore: @unchecked Sendable {
             return
         }
         launching += 1
-        session.launchWorker { [self] result in
+        // Asked once the lock is released: a launcher may call back at once,
+        // on this thread.
+        afterUnlock.append { [self] in session.launchWorker { [self] result in
             locked {
                 launching -= 1
                 switch result {
                 case .success(let connection):
                     adopt(connection)
                 case .failure(let error):
-                    breakLocked("could not start a \(launcher.name) worker: \(error)")
+                    // One more worker could not start (EAGAIN, EMFILE, a host
+                    // down): the pool carries on with the workers it has, and
+                    // breaks only when none is left to run its work.
+                    let reason = "could not start a \(launcher.name) worker: \(error)"
+                    if liveWorkerCount == 0 && !pending.isEmpty {
+                        breakLocked(reason)
+                    } else {
+                        logger.info("could not start one more worker; carrying on",
+                                    metadata: ["error": "\(error)", "workers": "\(liveWorkerCount)"])
+                    }
                 }
                 wakeLocked()
             }
             done?()
-        }
+        } }
     }
 
     /// Takes a started worker into the pool and sends it its configuration.
@@ -202,20 +237,12 @@ package final class PoolCore: @unchecked Sendable {
             return
         }
         var frame = FrameBuilder()
-        frame.begin(.configure)
-        frame.writer.write(WireProtocol.version)
-        frame.writer.writeVarint(UInt64(maxTasksPerChild ?? 0))
-        if let initializer {
-            frame.writer.write(UInt8(1))
-            frame.writer.writeString(initializer.name)
-            frame.writePayload { $0.writeRaw(initializer.payload) }
-        } else {
-            frame.writer.write(UInt8(0))
-        }
+        // The initializer's size was checked when the pool was made.
+        try? ConfigureMessage(maxTasks: UInt64(maxTasksPerChild ?? 0), initializer: initializer).write(to: &frame)
         try? frame.end()
         slot.enqueue(frame.take())
         if shutdownRequested && pending.isEmpty { requestExitLocked(slot) }
-        _ = slot.flush()
+        flushLocked(slot)
     }
 
     // MARK: Dispatching
@@ -253,7 +280,7 @@ package final class PoolCore: @unchecked Sendable {
         }
         var needsPoll = busyTouched && !deferWrites
         for slot in idleTouched {
-            if !slot.flush() { slot.streamClosed = true }
+            flushLocked(slot)
             if slot.hasOutbound { needsPoll = true }
         }
         if needsPoll { wakeLocked() }
@@ -261,8 +288,27 @@ package final class PoolCore: @unchecked Sendable {
 
     /// Writes what is queued for every worker (lock held; the I/O thread).
     func flushAllLocked() {
-        for slot in workers where slot.hasOutbound && !slot.streamClosed {
-            if !slot.flush() { slot.streamClosed = true }
+        for slot in workers where slot.hasOutbound { flushLocked(slot) }
+    }
+
+    /// Writes what the worker's socket takes (lock held). A failed write
+    /// leaves a frame half sent: the worker can never be in step again, so
+    /// it is stopped and its exit decides what the pool reports.
+    func flushLocked(_ slot: WorkerSlot) {
+        guard !slot.streamClosed else { return }
+        if !slot.flush() { abandonStreamLocked(slot) }
+    }
+
+    /// Stops using a worker's stream (a failed write, a malformed frame):
+    /// nothing more is read from it or written to it, and the worker is
+    /// killed; its exit is collected as usual (lock held).
+    func abandonStreamLocked(_ slot: WorkerSlot) {
+        slot.streamClosed = true
+        slot.outbound.removeAll()
+        slot.outboundOffset = 0
+        if slot.exit == nil && !slot.signalled {
+            slot.signalled = true
+            slot.connection.kill()
         }
     }
 

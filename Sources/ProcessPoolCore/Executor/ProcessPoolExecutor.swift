@@ -55,6 +55,18 @@ public final class ProcessPoolExecutor: Sendable {
     /// Schedules one task. Throws `BrokenProcessPool` once the pool is broken,
     /// `ProcessPoolError.shutdown` after shutdown, and
     /// `ProcessPoolError.unregisteredTask` for a task type the registry lacks.
+    ///
+    /// The first submit starts the pool (its start method's session, and
+    /// with `fork` every worker); a worker starts when none is idle and the
+    /// pool has fewer than ``maxWorkers``.
+    ///
+    /// - Parameter task: The call to run in a worker; its type must be in the
+    ///   pool's registry.
+    /// - Returns: The task's future.
+    /// - Throws: ``BrokenProcessPool`` once the pool is broken (or when its
+    ///   start method cannot start); ``ProcessPoolError/shutdown`` after
+    ///   shutdown; ``ProcessPoolError/unregisteredTask(_:)`` for a task type
+    ///   the registry lacks; an encoding error if `task` cannot be encoded.
     public func submit<T: ProcessTask>(_ task: T) throws -> TaskFuture<T.Output> {
         if let broken = core.brokenReason { throw BrokenProcessPool(reason: broken) }
         let future = TaskFuture<T.Output>()
@@ -69,23 +81,37 @@ public final class ProcessPoolExecutor: Sendable {
         guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
         let id = core.makeItemID()
         let bitwise = BitwiseTypes.isBitwise(T.self)
-        var frame = FrameBuilder(capacity: 64 + name.utf8.count + (bitwise ? tasks.count * MemoryLayout<T>.stride : 0))
-        frame.begin(.run)
-        frame.writer.writeVarint(id)
-        frame.writer.writeString(name)
-        frame.writer.writeVarint(UInt64(tasks.count))
+        let blockBytes = bitwise ? tasks.count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
+            : (partialValue: 0, overflow: false)
+        guard !blockBytes.overflow, blockBytes.partialValue <= WireProtocol.maxFrameBytes else {
+            throw ProcessPoolError.valueTooLarge("a chunk of \(tasks.count) \(name) tasks exceeds the protocol's "
+                + "limit of \(WireProtocol.maxFrameBytes) bytes per message")
+        }
+        var frame = FrameBuilder(capacity: 64 + name.utf8.count + blockBytes.partialValue)
+        RunHeader(itemID: id, taskName: name, count: tasks.count, layout: bitwise ? .block : .separate)
+            .write(to: &frame)
         if bitwise {
-            frame.writer.write(ValueLayout.block.rawValue)
             BitwiseTypes.writeBlock(tasks, into: &frame.writer)
         } else {
-            frame.writer.write(ValueLayout.separate.rawValue)
             frame.writer.attachments = []
             let encoder = BinaryEncoder()
-            for task in tasks { try frame.writePayload { try encoder.encode(task, into: &$0) } }
+            for task in tasks {
+                do {
+                    try frame.writePayload { try encoder.encode(task, into: &$0) }
+                } catch let tooLarge as ValueTooLarge {
+                    throw ProcessPoolError.valueTooLarge("the arguments of \(name): \(tooLarge)")
+                }
+                if frame.count > WireProtocol.maxFrameBytes { break }
+            }
         }
         let attachments = frame.writer.attachments ?? []
         frame.writer.attachments = nil
-        try frame.end()
+        do {
+            try AttachmentsAnnouncement.check(attachments)
+            try frame.end()
+        } catch {
+            throw ProcessPoolError.valueTooLarge("the arguments of \(name) (\(tasks.count) call\(tasks.count == 1 ? "" : "s")): \(error)")
+        }
         return WorkItem(id: id, frame: frame.take(), attachments: attachments, sink: sink)
     }
 
@@ -93,12 +119,20 @@ public final class ProcessPoolExecutor: Sendable {
     /// finished and every worker exited. `cancelFutures`: cancel every future
     /// that has not started. Idempotent. (Disfavoured so that a bare
     /// `await pool.shutdown()` in async code picks the async twin.)
+    ///
+    /// - Parameters:
+    ///   - wait: Block the calling thread until pending and running work has
+    ///     finished and every worker has exited; `false` returns at once.
+    ///   - cancelFutures: Cancel every future that has not started running.
     @_disfavoredOverload
     public func shutdown(wait: Bool = true, cancelFutures: Bool = false) {
         core.shutdown(wait: wait, cancelFutures: cancelFutures)
     }
 
     /// The same as `shutdown(wait: true)`, without blocking a thread.
+    ///
+    /// - Parameter cancelFutures: Cancel every future that has not started
+    ///   running.
     public func shutdown(cancelFutures: Bool = false) async {
         await core.shutdownAsync(cancelFutures: cancelFutures)
     }

@@ -1,10 +1,13 @@
+import Synchronization
+
 /// Where a work item's outcomes go: a single task's future, or a map chunk.
 package protocol WorkSink: AnyObject, Sendable {
     /// Pending → running; false if cancelled (the item is then dropped).
     func markRunning() -> Bool
-    /// Reads this item's `count` outcomes; throws only when the frame itself
-    /// is malformed (which breaks the pool).
-    func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws
+    /// Reads this item's outcomes (`header` gives their count, already
+    /// checked against the frame's size, and their layout); throws only when
+    /// the frame itself is malformed (which breaks the pool).
+    func complete(outcomes: inout ByteReader, header: ResultsHeader, context: OutcomeContext) throws
     /// Fails the item (a broken pool).
     func fail(_ error: any Error)
     /// Cancels the item if it is still pending.
@@ -65,9 +68,9 @@ package func readOutcome<T: Decodable>(_: T.Type, from reader: inout ByteReader,
 }
 
 extension TaskFuture: WorkSink where Output: Decodable {
-    package func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws {
-        guard count == 1 else { throw ProtocolViolation("\(count) outcomes for a single task") }
-        switch try readLayout(from: &outcomes) {
+    package func complete(outcomes: inout ByteReader, header: ResultsHeader, context: OutcomeContext) throws {
+        guard header.count == 1 else { throw ProtocolViolation("\(header.count) outcomes for a single task") }
+        switch header.layout {
         case .block:
             finish(.success(try readResultBlock(Output.self, count: 1, from: &outcomes)[0]))
         case .separate:
@@ -111,29 +114,57 @@ package enum ChunkOutcomes<Output: Sendable>: Sendable {
 
 /// A map chunk: decodes each outcome separately so one failing item does not
 /// take its neighbours' results with it.
+///
+/// The outcomes wait in a slot of their own that the consumer empties
+/// (`takeOutcomes`), not in the future: whoever still holds the sink for a
+/// moment (the I/O thread that completed it) holds no output the consumer
+/// was given.
 package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
+    /// Done when the outcomes are in (its value is the empty placeholder),
+    /// or failed or cancelled.
     package let future = TaskFuture<ChunkOutcomes<Output>>()
     let expected: Int
+    private let slot = Mutex<ChunkOutcomes<Output>?>(nil)
 
     package init(expected: Int) { self.expected = expected }
+
+    /// The outcomes, once: the sink keeps none of them afterwards.
+    package func takeOutcomes() -> ChunkOutcomes<Output> {
+        slot.withLock { slot in
+            defer { slot = nil }
+            return slot ?? .values([])
+        }
+    }
+
+    /// Moves the outcomes into the slot (keeping no copy here: the waiting
+    /// consumer may run through them before this thread returns), then
+    /// completes the future.
+    private func deliver(_ outcomes: consuming ChunkOutcomes<Output>) {
+        var moved: ChunkOutcomes<Output>? = consume outcomes
+        slot.withLock { swap(&$0, &moved) }
+        moved = nil
+        future.finish(.success(.values([])))
+    }
 
     package func markRunning() -> Bool { future.markRunning() }
     package var isCancelled: Bool { future.isCancelled }
     package func fail(_ error: any Error) { future.finish(.failure(error)) }
     @discardableResult package func cancel() -> Bool { future.cancel() }
 
-    package func complete(outcomes: inout ByteReader, count: Int, context: OutcomeContext) throws {
+    package func complete(outcomes: inout ByteReader, header: ResultsHeader, context: OutcomeContext) throws {
+        let count = header.count
         guard count == expected else {
             throw ProtocolViolation("\(count) outcomes for a chunk of \(expected)")
         }
-        switch try readLayout(from: &outcomes) {
+        switch header.layout {
         case .block:
-            future.finish(.success(.values(try readResultBlock(Output.self, count: count, from: &outcomes))))
+            let values = try readResultBlock(Output.self, count: count, from: &outcomes)
+            deliver(.values(consume values))
         case .separate:
             var results: [Result<Output, any Error>] = []
             results.reserveCapacity(count)
             for _ in 0..<count { results.append(try readOutcome(Output.self, from: &outcomes, context: context)) }
-            future.finish(.success(.outcomes(results)))
+            deliver(.outcomes(consume results))
         }
     }
 }

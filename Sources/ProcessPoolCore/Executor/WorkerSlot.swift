@@ -8,7 +8,8 @@ import Glibc
 /// the I/O thread touches.
 final class WorkerSlot: @unchecked Sendable {
     enum Phase {
-        /// Started; waiting for its hello (the initializer runs meanwhile).
+        /// Started; waiting for its hello, then for `ready` (its initializer
+        /// runs in between, with no deadline).
         case starting
         /// Takes work.
         case ready
@@ -34,6 +35,8 @@ final class WorkerSlot: @unchecked Sendable {
     var averageNanos: Double = 0
     var streamClosed = false
     var exitRequested = false
+    /// The worker has said hello (the hello deadline no longer applies).
+    var saidHello = false
     var saidGoodbye = false
     var signalled = false
     var exit: WorkerExit?
@@ -57,7 +60,17 @@ final class WorkerSlot: @unchecked Sendable {
     /// `cancel()` stays meaningful; many for tiny tasks, to keep the pipe full.
     var window: Int {
         guard averageNanos > 0 else { return 1 }
-        return max(1, min(64, Int(200_000 / averageNanos)))
+        // In floating point, then clamped: a worker's tiny or huge numbers
+        // can make neither an infinity nor an out-of-range Int.
+        let items = (200_000 / max(averageNanos, 1)).rounded(.down)
+        return items >= 64 ? 64 : max(1, Int(items))
+    }
+
+    /// Feeds one reported run time (already clamped by `ResultsHeader`)
+    /// into the moving average the window is sized from.
+    func recordRunTime(nanos: UInt64) {
+        let sample = Double(nanos)
+        averageNanos = averageNanos == 0 ? sample : averageNanos * 0.8 + sample * 0.2
     }
 
     var canTakeWork: Bool {
@@ -90,20 +103,22 @@ final class WorkerSlot: @unchecked Sendable {
     /// Writes as much as the socket takes. Returns false if the stream is broken.
     func flush() -> Bool {
         while let first = outbound.first {
-            let n = first.withUnsafeBytes { raw in
-                cpp_send_nosignal(stream, raw.baseAddress! + outboundOffset, raw.count - outboundOffset)
+            let sent = first.withUnsafeBytes { raw in
+                Syscall.send(stream, UnsafeRawBufferPointer(rebasing: raw[outboundOffset...]))
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { return true }
+            switch sent {
+            case .bytes(let n):
+                outboundOffset += n
+                if outboundOffset == first.count {
+                    outbound.removeFirst()
+                    outboundOffset = 0
+                }
+            case .wouldBlock:
+                return true
+            case .endOfStream, .failed:
                 outbound.removeAll()
                 outboundOffset = 0
                 return false
-            }
-            outboundOffset += n
-            if outboundOffset == first.count {
-                outbound.removeFirst()
-                outboundOffset = 0
             }
         }
         return true

@@ -15,8 +15,17 @@ public final class TaskFuture<Output: Sendable>: Sendable {
 
     struct State {
         var phase: Phase = .pending
-        var callbacks: [@Sendable (TaskFuture<Output>) -> Void] = []
-        var waiters: [FutureWaiter] = []
+        /// Done callbacks and registered observers (waiting threads and
+        /// tasks, `wait`, `asCompleted`), told in the order they were added.
+        var waiters: [Waiter] = []
+    }
+
+    /// Something to tell when the future is done.
+    enum Waiter {
+        /// Added by `addDoneCallback`; never removed before it runs.
+        case callback(@Sendable (TaskFuture<Output>) -> Void)
+        /// Added by `register`; `unregister` removes it.
+        case observer(any FutureObserver)
     }
 
     let state = Mutex(State())
@@ -32,16 +41,38 @@ public final class TaskFuture<Output: Sendable>: Sendable {
 
     /// The task's output; waits for it. Throws the task's error,
     /// `BrokenProcessPool`, or `CancellationError` if the future was cancelled.
+    ///
+    /// Cancelling the Swift task that awaits `value` ends the wait at once
+    /// with `CancellationError` (SEMANTICS 41). A future still pending then
+    /// (no worker has taken it) is cancelled too and never runs, as asyncio
+    /// does for an awaited future, even if other tasks await it as well; a
+    /// running one is not interrupted: it finishes, and its value reaches
+    /// every other awaiter, `result()` and the done callbacks.
+    ///
+    /// - Throws: The task's error (as its registered type, else
+    ///   ``RemoteTaskError``), ``BrokenProcessPool`` if the pool broke before
+    ///   the task finished, or `CancellationError` if the future was cancelled
+    ///   or the awaiting Swift task was.
     public var value: Output {
         get async throws {
             if let outcome = doneOutcome() { return try outcome.get() }
-            await waitDone(deadline: nil)
+            guard await waitDone(deadline: nil) else {
+                // Only cancellation ends a wait without a deadline early.
+                cancel()
+                throw CancellationError()
+            }
             return try doneOutcome()!.get()
         }
     }
 
     /// Blocks the calling thread until done. Throws `ProcessPoolError.timeout`
     /// when not done within `timeout` (the task keeps going), otherwise as `value`.
+    ///
+    /// - Parameter timeout: How long to wait; `nil` waits as long as it takes.
+    /// - Returns: The task's output.
+    /// - Throws: ``ProcessPoolError/timeout`` when not done in time; else the
+    ///   task's error, ``BrokenProcessPool`` or `CancellationError`, as
+    ///   ``value`` does.
     public func result(timeout: Duration? = nil) throws -> Output {
         guard blockUntilDone(deadline: MonotonicClock.deadline(after: timeout)) else {
             throw ProcessPoolError.timeout
@@ -52,6 +83,10 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// Blocks until done and returns the error the task failed with, or nil
     /// on success. A cancelled future returns `CancellationError`.
     /// Throws `ProcessPoolError.timeout` when not done in time.
+    ///
+    /// - Parameter timeout: How long to wait; `nil` waits as long as it takes.
+    /// - Returns: The error the task failed with, or nil if it succeeded.
+    /// - Throws: ``ProcessPoolError/timeout`` when not done in time.
     public func error(timeout: Duration? = nil) throws -> (any Error)? {
         guard blockUntilDone(deadline: MonotonicClock.deadline(after: timeout)) else {
             throw ProcessPoolError.timeout
@@ -100,17 +135,33 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// Calls `body` once when the future is done (finished or cancelled), in
     /// the order callbacks were added; at once, on this thread, if it is
     /// already done. Callbacks of completed tasks run on the pool's I/O
-    /// thread: keep them short.
+    /// thread: keep them short. A callback stays registered until the future
+    /// is done (there is no way to remove one): `wait(for:)`, `asCompleted`
+    /// and `value` do not use callbacks, so they leave nothing behind.
+    /// Callbacks and waits are told in the order they began: a callback
+    /// added before a `wait(for:)` or `value` started waiting has run by the
+    /// time that wait returns.
+    ///
+    /// - Parameter body: Called once with this future when it is done.
     public func addDoneCallback(_ body: @escaping @Sendable (TaskFuture<Output>) -> Void) {
         let runNow = state.withLock { s -> Bool in
             switch s.phase {
             case .finished, .cancelled: return true
             case .pending, .running:
-                s.callbacks.append(body)
+                s.waiters.append(.callback(body))
                 return false
             }
         }
         if runNow { body(self) }
+    }
+
+    /// How many done callbacks and observers (waiting threads and tasks,
+    /// `wait(for:)` calls, `asCompleted` sequences) this future still holds.
+    /// 0 once it is done, and 0 while it is pending or running if nobody
+    /// waits for it: every wait unregisters itself when it returns, whether
+    /// by its condition, a time-out or cancellation. For tests.
+    package var pendingObserverCount: Int {
+        state.withLock { $0.waiters.count }
     }
 
     // MARK: Pool side
@@ -155,31 +206,45 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     }
 
     private func fireCompletion() {
-        let (callbacks, waiters) = state.withLock { s in
-            defer {
-                s.callbacks = []
-                s.waiters = []
-            }
-            return (s.callbacks, s.waiters)
+        let waiters = state.withLock { s in
+            defer { s.waiters = [] }
+            return s.waiters
         }
-        for waiter in waiters { waiter.wake() }
-        for callback in callbacks { callback(self) }
+        // In the order added: a wait that began after a callback was added
+        // returns after that callback ran.
+        for waiter in waiters {
+            switch waiter {
+            case .callback(let body): body(self)
+            case .observer(let observer): observer.futureDidFinish(self)
+            }
+        }
     }
 
-    /// Registers `waiter` unless already done (then returns false).
-    private func register(_ waiter: FutureWaiter) -> Bool {
+    /// Registers `observer`, to be told once when this future is done, unless
+    /// it is already done (then returns false and never calls it). An
+    /// observer is dropped once told; `unregister` drops it before that.
+    /// Registering the same observer twice tells it twice.
+    package func register(_ observer: any FutureObserver) -> Bool {
         state.withLock { s in
             switch s.phase {
             case .finished, .cancelled: return false
             case .pending, .running:
-                s.waiters.append(waiter)
+                s.waiters.append(.observer(observer))
                 return true
             }
         }
     }
 
-    private func unregister(_ waiter: FutureWaiter) {
-        state.withLock { s in s.waiters.removeAll { $0 === waiter } }
+    /// Removes `observer` if it is still registered (it will not be told);
+    /// harmless if it was told already or never registered.
+    package func unregister(_ observer: any FutureObserver) {
+        state.withLock { s in
+            let index = s.waiters.lastIndex { waiter in
+                if case .observer(let registered) = waiter { return registered === observer }
+                return false
+            }
+            if let index { s.waiters.remove(at: index) }
+        }
     }
 
     /// Blocks the thread until done or `deadline`; false on time-out.
@@ -196,55 +261,74 @@ public final class TaskFuture<Output: Sendable>: Sendable {
             if isDone { return true }
             sched_yield()
         }
-        let waiter = FutureWaiter(event: OneShotEvent())
+        let event = OneShotEvent()
+        let waiter = FutureWaiter(event: event)
         guard register(waiter) else { return true }
-        if waiter.event!.wait(untilNanos: deadline) { return true }
+        if event.wait(untilNanos: deadline) { return true }
         unregister(waiter)
         return isDone
     }
 
-    /// Suspends until done or `deadline` (monotonic ns); false on time-out.
+    /// Suspends until done (true), or until `deadline` (monotonic ns) passes
+    /// or the awaiting task is cancelled (false: callers tell the two apart
+    /// with `Task.isCancelled`). Returns at once if the task is already
+    /// cancelled and the future not done. Leaves no observer and no timer
+    /// behind: both are gone when it returns.
     @discardableResult
     package func waitDone(deadline: UInt64?) async -> Bool {
         if isDone { return true }
+        if Task.isCancelled { return false }
+        if let deadline, deadline <= MonotonicClock.now() { return false }
         let waiter = FutureWaiter(event: nil)
-        let timer: Task<Void, Never>?
-        if let deadline {
-            timer = Task {
-                let now = MonotonicClock.now()
-                if deadline > now { try? await Task.sleep(nanoseconds: deadline - now) }
-                if !Task.isCancelled { waiter.wake() }
+        let timer = deadline.map { WaitTimer.start(deadline: $0) { waiter.wake() } }
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                // Not registered if already woken (cancelled, timed out):
+                // setContinuation has resumed it then.
+                if waiter.setContinuation(continuation), !register(waiter) { waiter.wake() }
             }
-        } else {
-            timer = nil
-        }
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            waiter.setContinuation(continuation)
-            if !register(waiter) { waiter.wake() }
+        } onCancel: {
+            waiter.wake()
         }
         timer?.cancel()
-        if isDone { return true }
         unregister(waiter)
-        return false
+        return isDone
     }
 }
 
+/// Told once when a future it is registered with (`TaskFuture.register`) is
+/// done: the one way `wait(for:)`, `asCompleted`, `value` and the blocking
+/// accessors wait, so that each can unregister when it stops waiting.
+package protocol FutureObserver: AnyObject, Sendable {
+    /// `future` (a `TaskFuture`) is done. Called on the thread that finished
+    /// or cancelled it (often the pool's I/O thread), outside the future's
+    /// lock: must be short and must not block.
+    func futureDidFinish(_ future: AnyObject)
+}
+
 /// One thread or task waiting for a future: woken exactly once.
-final class FutureWaiter: Sendable {
+final class FutureWaiter: FutureObserver {
     let event: OneShotEvent?
     private let continuation = Mutex<(UnsafeContinuation<Void, Never>?, Bool)>((nil, false))
 
     init(event: OneShotEvent?) { self.event = event }
 
-    func setContinuation(_ c: UnsafeContinuation<Void, Never>) {
+    func futureDidFinish(_ future: AnyObject) { wake() }
+
+    /// Stores the continuation to resume on `wake()`; if already woken,
+    /// resumes it at once and returns false.
+    func setContinuation(_ c: UnsafeContinuation<Void, Never>) -> Bool {
         let resumeNow = continuation.withLock { state -> Bool in
             if state.1 { return true }
             state.0 = c
             return false
         }
         if resumeNow { c.resume() }
+        return !resumeNow
     }
 
+    /// Sets the event, or resumes the continuation (now or when it is set);
+    /// later calls do nothing.
     func wake() {
         if let event {
             event.set()

@@ -15,6 +15,11 @@ public protocol ProcessTask: Codable, Sendable {
     /// Name on the wire. Default: the type's name. Must be unique in a registry.
     static var taskName: String { get }
     /// Runs in the worker process, synchronously, on the worker's only thread.
+    ///
+    /// - Returns: The output, sent back to the parent as the future's value.
+    /// - Throws: Whatever the task fails with: it fails only this task's
+    ///   future, arriving in the parent as itself when its type is listed in
+    ///   the registry's `errors:`, else as ``RemoteTaskError``.
     func run() throws -> Output
 }
 

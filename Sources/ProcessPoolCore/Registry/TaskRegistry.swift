@@ -10,6 +10,9 @@ public struct TaskRegistry: Sendable {
     public let taskNames: [String]
 
     /// A registry of the given task types (no registered error types).
+    ///
+    /// - Parameter tasks: The task types workers may run; their `taskName`s
+    ///   must differ (two alike trap).
     public init(_ tasks: any ProcessTask.Type...) {
         self.init(tasks: tasks)
     }
@@ -17,6 +20,12 @@ public struct TaskRegistry: Sendable {
     /// A registry of task types and of error types that come back to the
     /// parent as themselves. Two task types with the same `taskName` trap:
     /// that is a programming error the registry cannot resolve.
+    ///
+    /// - Parameters:
+    ///   - tasks: The task types workers may run.
+    ///   - errors: Error types a task may throw that should reach the parent
+    ///     as themselves, with the same value (decoded from their `Codable`
+    ///     form); other errors arrive as ``RemoteTaskError``.
     public init(tasks: [any ProcessTask.Type], errors: [any (Error & Codable).Type] = []) {
         var runners: [String: TaskRunner] = [:]
         var names: [String] = []
@@ -40,7 +49,19 @@ public struct TaskRegistry: Sendable {
     }
 
     /// Whether a task with this wire name is registered.
+    ///
+    /// - Parameter taskName: A task type's `taskName`.
+    /// - Returns: True if the registry lists a task type of that name.
     public func contains(_ taskName: String) -> Bool { runners[taskName] != nil }
+
+    /// Settles, in the parent, every answer a forked worker would otherwise
+    /// work out on its first call (which task types travel as blocks; the
+    /// coder's lazily built tables), so that the child takes no lock that
+    /// another thread of the parent might have held at the fork.
+    package func prepareForFork() {
+        for runner in runners.values { runner.prepare() }
+        warmCoderForFork()
+    }
 
     /// Encodes `error` as a registered error, or nil if its type is not registered.
     package func encodeRegisteredError(_ error: any Error) -> (String, [UInt8])? {

@@ -1,10 +1,17 @@
+import Synchronization
+
 /// Runs the calls of one registered task type inside a worker.
 package struct TaskRunner: Sendable {
     /// Runs a `run` frame's calls (layout byte, then a block or one payload
     /// per call) and appends their results (layout byte, then a block or one
     /// outcome per call). Throws only for a malformed frame.
-    package let runChunk: @Sendable (_ calls: inout ByteReader, _ count: Int, _ attachments: [[UInt8]],
-                                     _ registry: TaskRegistry, _ out: inout ByteWriter) throws -> Void
+    package let runChunk: @Sendable (_ calls: inout ByteReader, _ layout: ValueLayout, _ count: Int,
+                                     _ attachments: [[UInt8]], _ registry: TaskRegistry,
+                                     _ out: inout ByteWriter) throws -> Void
+    /// Answers, in this process, whether the task and output types travel
+    /// as blocks, so that a forked worker later reads the answer without
+    /// taking a lock (see `TaskRegistry.prepareForFork`).
+    package let prepare: @Sendable () -> Void
     /// Runs one encoded call (the initializer) and appends its outcome.
     package let runOne: @Sendable (_ payload: UnsafeRawBufferPointer, _ registry: TaskRegistry,
                                    _ out: inout ByteWriter) -> Void
@@ -15,14 +22,15 @@ package struct TaskRunner: Sendable {
             writeOutcome(call(T.self, payload: payload, attachments: []), of: name, registry: registry,
                          into: &out)
         }
-        runChunk = { calls, count, attachments, registry, out in
+        let flags = BlockFlags()
+        prepare = { _ = flags.answer(T.self) }
+        runChunk = { calls, layout, count, attachments, registry, out in
             // Asked here, not when the registry is built: a dynamic conformance
             // check per registered type would run at every process's start.
-            let bitwiseOutputs = BitwiseTypes.isBitwise(T.Output.self)
-            let layout = try readLayout(from: &calls)
+            let (bitwiseTasks, bitwiseOutputs) = flags.answer(T.self)
             var block: [T] = []
             if layout == .block {
-                guard BitwiseTypes.isBitwise(T.self) else {
+                guard bitwiseTasks else {
                     throw ProtocolViolation("\(name) arrived as a block but is not BitwiseCodable in this worker")
                 }
                 block = try BitwiseTypes.readBlock(T.self, count: count, from: &calls)
@@ -109,5 +117,22 @@ private func writeOutcome<Output: Encodable>(_ outcome: CallOutcome<Output>, of 
     case .undecodable(let error):
         writeRemoteError(typeName: "ProcessPool.DecodingFailure",
                          message: "could not decode \(taskName) in the worker: \(error)", into: &out)
+    }
+}
+
+/// Whether a task type and its output travel as memory blocks, found once
+/// and then read without a lock: a worker forked from a multi-threaded
+/// parent must never take a lock another thread of the parent may hold.
+private final class BlockFlags: Sendable {
+    /// Bit 0: known; bit 1: the task type; bit 2: the output type.
+    private let state = Atomic<UInt8>(0)
+
+    func answer<T: ProcessTask>(_: T.Type) -> (tasks: Bool, outputs: Bool) {
+        let known = state.load(ordering: .acquiring)
+        if known & 1 != 0 { return (known & 2 != 0, known & 4 != 0) }
+        let tasks = BitwiseTypes.isBitwise(T.self)
+        let outputs = BitwiseTypes.isBitwise(T.Output.self)
+        state.store(1 | (tasks ? 2 : 0) | (outputs ? 4 : 0), ordering: .releasing)
+        return (tasks, outputs)
     }
 }

@@ -11,7 +11,9 @@ package enum PoolThread {
         init(_ body: @escaping () -> Void) { self.body = body }
     }
 
-    package static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+    /// Starts the thread; throws `SystemError` if the system refuses one
+    /// (EAGAIN: too many threads or processes).
+    package static func start(name: String, _ body: @escaping @Sendable () -> Void) throws {
         let box = Unmanaged.passRetained(Box {
             cpp_set_thread_name(name)
             body()
@@ -26,6 +28,9 @@ package enum PoolThread {
             return nil
         }, box)
         pthread_attr_destroy(&attr)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(box).release()
+            throw SystemError("pthread_create", errno: rc)
+        }
     }
 }

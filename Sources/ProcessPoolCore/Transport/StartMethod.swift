@@ -5,6 +5,9 @@ public struct StartMethod: Sendable, CustomStringConvertible {
     public let launcher: any WorkerLauncher
 
     /// A start method backed by a custom launcher.
+    ///
+    /// - Parameter launcher: Starts the workers of every pool that uses
+    ///   this start method.
     public init(launcher: any WorkerLauncher) { self.launcher = launcher }
 
     /// "fork", "spawn", "forkserver" or "ssh".

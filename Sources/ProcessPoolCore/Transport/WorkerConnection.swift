@@ -83,6 +83,12 @@ public protocol WorkerLauncher: Sendable {
     /// How long a started worker may take to say hello before the pool breaks.
     var helloTimeout: Duration { get }
     /// Called once per pool, at its first submit, from the submitting thread.
+    ///
+    /// - Parameter pool: The pool's registry, worker count and logger.
+    /// - Returns: The session that starts this pool's workers.
+    /// - Throws: Any error that keeps the start method from starting (no
+    ///   hosts, a server that cannot start): the pool is then broken, and
+    ///   that submit throws ``BrokenProcessPool`` naming this error.
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession
 }
 
@@ -101,6 +107,10 @@ extension WorkerLauncher {
 public protocol LaunchSession: Sendable {
     /// Starts one worker and calls `completion` exactly once, from any thread.
     /// Must not block the caller for long: start-up may be slow (ssh).
+    ///
+    /// - Parameter completion: Receives the new worker's connection, or the
+    ///   error that kept it from starting (the pool carries on with the
+    ///   workers it has, and breaks when none is left to run its work).
     func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void)
     /// The pool is finished: release shared resources (connections, servers).
     func close()

@@ -9,7 +9,20 @@ import CProcessPoolShim
 /// Attachments (announced by an `attachments` frame) are read straight into
 /// arrays of their own, which the next frame receives: a 64 MiB payload is
 /// never copied between buffers on this side.
+///
+/// What a peer announces is not what it sends: memory is committed as bytes
+/// arrive (an attachment's array is reserved, not touched, and its pages
+/// are faulted in a window at a time just ahead of the data), and a read is
+/// never handed more than the stream owes when that is more than
+/// `smallReadBytes` (so a blocking reader that waits for a whole buffer,
+/// as the worker's does, cannot wait for bytes that will never come).
 package final class FrameSplitter {
+    /// The most a read is handed when the stream's next need is unknown
+    /// or small.
+    package static let smallReadBytes = 64 * 1024
+    /// How far ahead of the data an attachment's pages are faulted in.
+    static let prefaultWindow = 8 << 20
+
     private var storage: UnsafeMutableRawPointer
     private var capacity: Int
     private var readIndex = 0
@@ -22,6 +35,8 @@ package final class FrameSplitter {
     /// The attachment being received and how much of it has arrived.
     private var partial: [UInt8] = []
     private var partialFilled = 0
+    /// How far `partial`'s pages have been faulted in.
+    private var partialPrefaulted = 0
     /// A large array the owner is done with, reused for the next attachment
     /// that fits (fresh memory costs a page fault and zeroing per page).
     private var spare: [UInt8]?
@@ -49,23 +64,29 @@ package final class FrameSplitter {
         UnsafeMutableRawPointer(dst).copyMemory(from: storage + offset, byteCount: count)
     }
 
-    /// Bytes the frame being received still needs (64 KiB when unknown), so
-    /// a large frame gets its whole buffer at once rather than by doubling.
-    private var bytesWanted: Int {
+    /// Bytes the stream owes for the frame being received, when the header
+    /// is buffered and the length is valid; nil otherwise.
+    private var bytesOwed: Int? {
         if preamblePending { return max(1, WireProtocol.preamble.count - available) }
-        guard available >= WireProtocol.headerBytes else { return 64 * 1024 }
+        guard available >= WireProtocol.headerBytes else { return nil }
         let length = peekLength()
-        guard length <= WireProtocol.maxFrameBytes else { return 64 * 1024 }
-        return max(64 * 1024, WireProtocol.headerBytes + length - available)
+        guard length >= 1, length <= WireProtocol.maxFrameBytes else { return nil }
+        return max(0, WireProtocol.headerBytes + length - available)
     }
 
     /// Makes room and lets `read` fill it: `read` gets free space and returns
     /// how many bytes it stored (<= 0 is passed back untouched).
+    ///
+    /// The space handed out is at most `smallReadBytes`, or exactly what the
+    /// current frame or attachment still owes when that is more: a large
+    /// frame gets its whole buffer at once (no doubling), and no read is
+    /// ever asked to wait for more than the peer has promised.
     package func fill(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
         // Buffered bytes go first; then the stream goes straight into the attachment.
         if receivingAttachment && drainIntoAttachments() == false {
+            let window = prefaultAhead()
             let got = partial.withUnsafeMutableBytes { raw in
-                read(UnsafeMutableRawBufferPointer(rebasing: raw[partialFilled...]))
+                read(UnsafeMutableRawBufferPointer(rebasing: raw[partialFilled..<window]))
             }
             if got > 0 {
                 partialFilled += got
@@ -73,10 +94,28 @@ package final class FrameSplitter {
             }
             return got
         }
-        reserveFree(bytesWanted)
-        let got = read(UnsafeMutableRawBufferPointer(start: storage + writeIndex, count: capacity - writeIndex))
+        let owed = bytesOwed ?? 0
+        let want = owed > Self.smallReadBytes ? owed : Self.smallReadBytes
+        reserveFree(want)
+        let got = read(UnsafeMutableRawBufferPointer(start: storage + writeIndex, count: want))
         if got > 0 { writeIndex += got }
         return got
+    }
+
+    /// Faults in the next window of the attachment being received (one
+    /// `MADV_POPULATE_WRITE` per window rather than a trap per page) and
+    /// returns where the window ends: reads go no further, so pages are
+    /// committed only just ahead of bytes that arrive.
+    private func prefaultAhead() -> Int {
+        let end = min(partial.count, partialFilled + Self.prefaultWindow)
+        if end > partialPrefaulted {
+            let start = max(partialPrefaulted, partialFilled)
+            if end - start >= 1 << 20 {
+                partial.withUnsafeMutableBytes { cpp_prefault($0.baseAddress! + start, end - start) }
+            }
+            partialPrefaulted = end
+        }
+        return end
     }
 
     private func reserveFree(_ want: Int) {
@@ -128,10 +167,12 @@ package final class FrameSplitter {
                 partial = spare!
                 spare = nil
                 partial.removeLast(count - length)  // in place: the array is ours alone now
+                partialPrefaulted = length  // its pages are in memory already
                 continue
             }
+            // Reserved, not touched: pages are committed as data arrives.
             partial = [UInt8](unsafeUninitializedCapacity: length) { _, initialized in initialized = length }
-            if length >= 4 << 20 { partial.withUnsafeMutableBytes { cpp_prefault($0.baseAddress, $0.count) } }
+            partialPrefaulted = 0
         }
     }
 
@@ -147,6 +188,7 @@ package final class FrameSplitter {
         received.append(partial)
         partial = []
         partialFilled = 0
+        partialPrefaulted = 0
     }
 
     /// Moves buffered bytes into the attachments still arriving; true once
@@ -167,24 +209,29 @@ package final class FrameSplitter {
         return true
     }
 
-    /// Reads an `attachments` frame: count, then each length.
+    /// Reads an `attachments` frame (validated by `AttachmentsAnnouncement`).
     private func announceAttachments(_ body: UnsafeRawBufferPointer) throws {
         guard announced.isEmpty else { throw ProtocolViolation("attachments announced twice for one frame") }
         var reader = ByteReader(body)
-        let count = try reader.readVarint()
-        guard count <= UInt64(WireProtocol.maxAttachments) else {
-            throw ProtocolViolation("\(count) attachments for one frame (at most \(WireProtocol.maxAttachments))")
+        announced = try AttachmentsAnnouncement(from: &reader).lengths
+    }
+
+    /// Drops everything buffered and received (after a malformed stream,
+    /// whose owner stops reading it).
+    package func discard() {
+        readIndex = 0
+        writeIndex = 0
+        announced = []
+        received = []
+        partial = []
+        partialFilled = 0
+        partialPrefaulted = 0
+        spare = nil
+        if capacity > Self.smallReadBytes {
+            storage.deallocate()
+            capacity = Self.smallReadBytes
+            storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
         }
-        var lengths: [Int] = []
-        for _ in 0..<count {
-            let length = try reader.readVarint()
-            guard length <= UInt64(WireProtocol.maxFrameBytes) else {
-                throw ProtocolViolation("an attachment of \(length) bytes exceeds the limit of \(WireProtocol.maxFrameBytes)")
-            }
-            lengths.append(Int(length))
-        }
-        guard reader.isAtEnd else { throw ProtocolViolation("trailing bytes in an attachments frame") }
-        announced = lengths
     }
 
     /// Calls `body` with the next complete frame (kind, body, the attachments

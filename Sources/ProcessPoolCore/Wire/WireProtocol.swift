@@ -8,7 +8,8 @@
 ///     ...     body
 ///
 /// Parent to worker: `configure` (once, first), `run`, `exit`.
-/// Worker to parent: `hello` (after the initializer ran), `results`, `goodbye`.
+/// Worker to parent: `hello` (at once), `ready` (after the initializer
+/// ran), `results`, `goodbye`.
 /// Either way: `attachments`, which announces byte arrays sent raw right
 /// after it and handed to the next frame (large `[UInt8]` values travel so,
 /// uncopied).
@@ -16,7 +17,7 @@
 /// and UTF-8; payloads are a u32 LE length and bytes.
 package enum WireProtocol {
     /// Bumped whenever a frame's layout changes.
-    package static let version: UInt16 = 2
+    package static let version: UInt16 = 3
     /// "\0PPOOL" + version + "\n".
     package static let preamble: [UInt8] = [0, 0x50, 0x50, 0x4F, 0x4F, 0x4C, UInt8(version), 0x0A]
     /// The largest frame either side accepts (1 GiB): bigger lengths are
@@ -35,10 +36,8 @@ package enum WireProtocol {
     /// their bytes after it, then the frame they belong to).
     package static func attachmentsFrame(for attachments: [[UInt8]]) -> [UInt8] {
         var frame = FrameBuilder(capacity: 16 + 10 * attachments.count)
-        frame.begin(.attachments)
-        frame.writer.writeVarint(UInt64(attachments.count))
-        for attachment in attachments { frame.writer.writeVarint(UInt64(attachment.count)) }
-        try! frame.end()  // a few bytes per attachment: far below the limit
+        AttachmentsAnnouncement(lengths: attachments.map(\.count)).write(to: &frame)
+        try! frame.end()  // at most 4096 lengths of 5 bytes: far below the limit
         return frame.take()
     }
 }
@@ -54,11 +53,13 @@ package enum FrameKind: UInt8, Sendable {
     /// finish what was sent, say goodbye, exit 0
     case exit = 3
     // worker -> parent
-    /// version u16, pid varint, initializer ok u8, [outcome of the initializer]
+    /// version u16, pid varint (sent before the initializer runs)
     case hello = 101
     /// item id varint, run time ns u64, count varint, layout u8 (`ValueLayout`),
     /// then a block of the outputs or one outcome per call
     case results = 102
+    /// initializer ok u8, [its error as an outcome]
+    case ready = 103
     /// reason varint (`GoodbyeReason`)
     case goodbye = 104
     // either way
@@ -102,12 +103,18 @@ package struct FrameBuilder {
         writer.patch(UInt32(length), at: start)
     }
 
-    /// Writes a u32-length-prefixed payload produced by `body`.
-    package mutating func writePayload(_ body: (inout ByteWriter) throws -> Void) rethrows {
+    /// Writes a u32-length-prefixed payload produced by `body`; a payload
+    /// over the frame limit is taken back out and refused.
+    package mutating func writePayload(_ body: (inout ByteWriter) throws -> Void) throws {
         let mark = writer.count
         writer.write(UInt32(0))
         try body(&writer)
-        writer.patch(UInt32(writer.count - mark - 4), at: mark)
+        let length = writer.count - mark - 4
+        guard length <= WireProtocol.maxFrameBytes else {
+            writer.bytes.removeSubrange(mark...)
+            throw ValueTooLarge("a value of \(length) bytes encoded", limit: "\(WireProtocol.maxFrameBytes) bytes")
+        }
+        writer.patch(UInt32(length), at: mark)
     }
 
     /// Cuts the frame begun last out of the builder (frames before it stay).
@@ -135,7 +142,8 @@ package struct FrameBuilder {
 }
 
 extension ByteReader {
-    /// Reads a u32-length-prefixed payload.
+    /// Reads a u32-length-prefixed payload (the length checked against
+    /// what is left before anything is read).
     package mutating func readPayload() throws -> UnsafeRawBufferPointer {
         let n = Int(try read(UInt32.self))
         return try readRaw(n)

@@ -11,6 +11,12 @@ public enum ProcessPoolWorker {
     /// Serves one pool over `descriptor` and returns the process exit status
     /// to use: 0 after a clean end (exit frame, task limit, parent gone),
     /// 1 if the initializer failed, 2 on a protocol error.
+    ///
+    /// - Parameters:
+    ///   - descriptor: A connected stream socket to the pool (the worker's
+    ///     end of the transport's stream).
+    ///   - registry: The task types this worker runs: the same as the pool's.
+    /// - Returns: The exit status for the worker process.
     public static func serve(descriptor: Int32, registry: TaskRegistry) -> Int32 {
         activeDescriptor = descriptor
         let loop = WorkerLoop(stream: WorkerStream(fd: descriptor), registry: registry)
@@ -21,6 +27,10 @@ public enum ProcessPoolWorker {
     /// started over ssh). Stdout is moved out of the way first: the protocol
     /// keeps a private copy of it and descriptor 1 becomes stderr, so `print`
     /// in a task lands in the parent's log instead of corrupting the stream.
+    ///
+    /// - Parameter registry: The task types this worker runs: the same as the
+    ///   pool's.
+    /// - Returns: The exit status for the worker process, as ``serve(descriptor:registry:)``.
     public static func serveOverStandardIO(registry: TaskRegistry) -> Int32 {
         let output = dup(1)
         guard output >= 0 else { return 2 }
@@ -90,55 +100,67 @@ final class WorkerLoop {
         var reader = ByteReader(body)
         switch kind {
         case .configure:
-            let version = try reader.read(UInt16.self)
-            guard version == WireProtocol.version else {
-                throw ProtocolViolation("parent speaks protocol \(version), worker \(WireProtocol.version)")
-            }
-            tasksLeft = try reader.readVarint()
-            let hasInitializer = try reader.readByte() != 0
+            guard !configured else { throw ProtocolViolation("configure sent twice") }
+            let configure = try ConfigureMessage(from: &reader)
+            tasksLeft = configure.maxTasks
+            configured = true
+            // Hello first, so the parent knows the worker started whatever
+            // the initializer then takes; `ready` reports the initializer.
+            HelloMessage(pid: getpid()).write(to: &out)
+            try out.end()
+            flush()
             var initOutcome = ByteWriter()
             var ok = true
-            if hasInitializer {
-                let name = try reader.readString()
-                let payload = try reader.readPayload()
-                runCall(name: name, payload: payload, into: &initOutcome)
+            if let initializer = configure.initializer {
+                initializer.payload.withUnsafeBytes { runCall(name: initializer.name, payload: $0, into: &initOutcome) }
                 ok = initOutcome.bytes.first == OutcomeTag.success.rawValue
             }
-            configured = true
-            out.begin(.hello)
-            out.writer.write(WireProtocol.version)
-            out.writer.writeVarint(UInt64(getpid()))
-            out.writer.write(UInt8(ok ? 1 : 0))
+            ReadyHeader(ok: ok).write(to: &out)
             if !ok { out.writer.writeRaw(initOutcome.bytes) }
-            try out.end()
+            if (try? out.end()) == nil {
+                // An error too large to report: say that it failed, not how.
+                _ = out.takeLastFrame()
+                ReadyHeader(ok: false).write(to: &out)
+                writeRemoteError(typeName: "ProcessPool.InitializerFailure",
+                                 message: "the initializer failed with an error too large to send",
+                                 into: &out.writer)
+                try out.end()
+            }
             if !ok { finished = 1 }
         case .run:
             guard configured else { throw ProtocolViolation("run before configure") }
-            let itemID = try reader.readVarint()
-            let name = try reader.readString()
-            let count = try reader.readVarint()
-            // Every call takes at least a byte, so this bounds the loops below.
-            guard count <= UInt64(reader.remaining) else {
-                throw ProtocolViolation("\(count) calls in \(reader.remaining) bytes")
-            }
+            let header = try RunHeader(from: &reader)
             let started = cpp_monotonic_ns()
-            out.begin(.results)
-            out.writer.writeVarint(itemID)
-            let timeMark = out.count
-            out.writer.write(UInt64(0))  // run time, patched below
-            out.writer.writeVarint(count)
+            let timeMark = ResultsHeader(itemID: header.itemID, runNanos: 0, count: header.count,
+                                         layout: .separate).write(to: &out)
             out.writer.attachments = []
-            if let runner = registry.runners[name] {
-                try runner.runChunk(&reader, Int(count), attachments, registry, &out.writer)
+            if let runner = registry.runners[header.taskName] {
+                try runner.runChunk(&reader, header.layout, header.count, attachments, registry, &out.writer)
             } else {
                 out.writer.write(ValueLayout.separate.rawValue)
-                for _ in 0..<count { writeUnregistered(name, into: &out.writer) }
+                for _ in 0..<header.count { writeUnregistered(header.taskName, into: &out.writer) }
             }
-            let outgoing = out.writer.attachments ?? []
+            var outgoing = out.writer.attachments ?? []
             out.writer.attachments = nil
             let elapsed = cpp_monotonic_ns() &- started
             out.writer.patchUInt64(elapsed, at: timeMark)
-            try out.end()
+            if (try? out.end()) == nil || (try? AttachmentsAnnouncement.check(outgoing)) == nil {
+                // The results do not fit the protocol: each call fails on
+                // its own, the stream stays in step.
+                _ = out.takeLastFrame()
+                outgoing = []
+                ResultsHeader(itemID: header.itemID, runNanos: elapsed, count: header.count,
+                              layout: .separate).write(to: &out)
+                out.writer.write(ValueLayout.separate.rawValue)
+                for _ in 0..<header.count {
+                    writeRemoteError(typeName: "ProcessPool.ValueTooLarge",
+                                     message: "the results of \(header.taskName) exceed the protocol's limits: "
+                                        + "\(WireProtocol.maxFrameBytes) bytes per message, and at most "
+                                        + "\(WireProtocol.maxAttachments) large byte arrays of at most that size",
+                                     into: &out.writer)
+                }
+                try out.end()
+            }
             if !outgoing.isEmpty { send(lastFrameWith: outgoing) }
             if let largest = (attachments + outgoing).max(by: { $0.count < $1.count }) {
                 splitter.recycle(largest)
@@ -154,14 +176,13 @@ final class WorkerLoop {
             if averageNanos > batchThresholdNanos || out.count > 1 << 20 { flush() }
         case .exit:
             goodbye(.exitRequested)
-        case .hello, .results, .goodbye, .attachments:
+        case .hello, .ready, .results, .goodbye, .attachments:
             throw ProtocolViolation("unexpected frame \(kind) from the parent")
         }
     }
 
     private func goodbye(_ reason: GoodbyeReason) {
-        out.begin(.goodbye)
-        out.writer.writeVarint(reason.rawValue)
+        GoodbyeMessage(reason: reason).write(to: &out)
         try? out.end()
         finished = 0
     }

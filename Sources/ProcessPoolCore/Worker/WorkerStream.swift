@@ -28,18 +28,15 @@ struct WorkerStream {
     mutating func writeAll(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var offset = 0
         while offset < bytes.count {
-            let base = bytes.baseAddress! + offset
-            let left = bytes.count - offset
-            var n = isSocket ? cpp_send_nosignal(output, base, left) : Glibc.write(output, base, left)
-            if n < 0 && errno == ENOTSOCK && isSocket {
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            var written = isSocket ? Syscall.send(output, rest) : Syscall.write(output, rest)
+            if written == .failed(ENOTSOCK) && isSocket {
+                // stdout over ssh is a pipe: plain writes, and no SIGPIPE.
                 isSocket = false
                 signal(SIGPIPE, SIG_IGN)
-                n = Glibc.write(output, base, left)
+                written = Syscall.write(output, rest)
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
+            guard case .bytes(let n) = written else { return false }
             offset += n
         }
         return true
@@ -52,18 +49,24 @@ struct WorkerStream {
     /// Reads into `buffer`; 0 at EOF, -1 on error. A read of 1 MiB or more
     /// (the rest of an attachment) waits for the whole buffer, so the kernel
     /// fills it in one call rather than one socket buffer per wake-up.
+    ///
+    /// The frame splitter never hands a buffer over 64 KiB that is larger
+    /// than what the parent has promised to send, so the wait always ends.
     mutating func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        while true {
-            if inputIsSocket && buffer.count >= 1 << 20 {
-                let n = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_WAITALL))
-                if n >= 0 { return n }
-                if errno == EINTR { continue }
-                if errno != ENOTSOCK { return n }
+        var result: Syscall.IO
+        if inputIsSocket && buffer.count >= 1 << 20 {
+            result = Syscall.receive(fd, into: buffer, flags: Int32(MSG_WAITALL))
+            if result == .failed(ENOTSOCK) {
                 inputIsSocket = false  // a pipe (stdin over ssh): plain reads
+                result = Syscall.read(fd, into: buffer)
             }
-            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            return n
+        } else {
+            result = Syscall.read(fd, into: buffer)
+        }
+        switch result {
+        case .bytes(let n): return n
+        case .endOfStream: return 0
+        case .wouldBlock, .failed: return -1
         }
     }
 }
