@@ -145,23 +145,24 @@ final class WorkerChannel {
         noteHello(toCore[preamble.count...])
     }
 
-    /// Reads the worker's pid from its hello frame (u32 length, kind 101,
-    /// u16 version, varint pid) for later signals.
+    /// Reads the worker's pid from its hello frame, parsed by the one
+    /// validating `HelloMessage` parser (a pid outside 1...2^22 is refused,
+    /// and then no signal is ever sent by pid), for later signals.
     private func noteHello(_ bytes: ArraySlice<UInt8>) {
         guard helloBytes.count < 32 else { return }
         helloBytes += bytes.prefix(32 - helloBytes.count)
-        guard helloBytes.count >= 8, helloBytes[4] == FrameKind.hello.rawValue else { return }
-        var value: UInt64 = 0
-        var shift: UInt64 = 0
-        for byte in helloBytes[7...] {
-            value |= UInt64(byte & 0x7f) << shift
-            if byte & 0x80 == 0 {
-                pid = Int32(truncatingIfNeeded: value)
-                return
-            }
-            shift += 7
-            if shift > 35 { helloBytes = Array(repeating: 0, count: 32); return }
+        guard helloBytes.count >= 5 else { return }
+        let length = Int(helloBytes[0]) | Int(helloBytes[1]) << 8 | Int(helloBytes[2]) << 16 | Int(helloBytes[3]) << 24
+        guard helloBytes[4] == FrameKind.hello.rawValue, length >= 1, length <= 27 else {
+            helloBytes = Array(repeating: 0, count: 32)  // not a hello: never look again
+            return
         }
+        guard helloBytes.count >= 4 + length else { return }
+        helloBytes.withUnsafeBytes { raw in
+            var reader = ByteReader(UnsafeRawBufferPointer(rebasing: raw[5..<(4 + length)]))
+            pid = (try? HelloMessage(from: &reader))?.pid
+        }
+        helloBytes = Array(repeating: 0, count: 32)
     }
 
     private func flushToCore() -> Bool {

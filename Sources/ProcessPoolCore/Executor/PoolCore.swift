@@ -369,9 +369,17 @@ package final class PoolCore: @unchecked Sendable {
             wakeLocked()
             return started
         }
-        guard mustWait, !isIOThread else { return }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            onFinished { continuation.resume() }
+        guard mustWait, !isIOThread, !Task.isCancelled else { return }
+        // Cancelling the awaiting task ends the wait at once (SEMANTICS 41);
+        // the pool goes on shutting down by itself.
+        let resumer = OnceResumer()
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                resumer.set(continuation)
+                onFinished { resumer.resume() }
+            }
+        } onCancel: {
+            resumer.resume()
         }
     }
 
@@ -431,5 +439,32 @@ final class CountdownEvent: @unchecked Sendable {
         lock.lock()
         while count > 0 { _ = lock.wait(untilNanos: nil) }
         lock.unlock()
+    }
+}
+
+/// Resumes a continuation once, whichever of several events comes first
+/// (and whether it comes before or after the continuation is set).
+final class OnceResumer: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var continuation: UnsafeContinuation<Void, Never>?
+    private var fired = false
+
+    func set(_ continuation: UnsafeContinuation<Void, Never>) {
+        let resumeNow = lock.withLock { () -> Bool in
+            if fired { return true }
+            self.continuation = continuation
+            return false
+        }
+        if resumeNow { continuation.resume() }
+    }
+
+    func resume() {
+        let continuation = lock.withLock { () -> UnsafeContinuation<Void, Never>? in
+            if fired { return nil }
+            fired = true
+            defer { self.continuation = nil }
+            return self.continuation
+        }
+        continuation?.resume()
     }
 }

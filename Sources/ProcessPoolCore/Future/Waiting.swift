@@ -193,7 +193,9 @@ final class WaitObserver<Output: Sendable>: FutureObserver {
 /// by the consumer. Also holds the time-out.
 final class CompletionInbox<Output: Sendable>: FutureObserver {
     private struct State {
-        var ready: [TaskFuture<Output>]
+        /// Done futures not yet yielded; a slot is emptied as it is yielded,
+        /// so the sequence keeps no future it has handed out.
+        var ready: [TaskFuture<Output>?]
         var readIndex = 0
         /// Futures not yet in `ready`.
         var outstanding: Int
@@ -251,7 +253,8 @@ final class CompletionInbox<Output: Sendable>: FutureObserver {
         state.withLock { s in
             if s.ended { return .end }
             if s.readIndex < s.ready.count {
-                let future = s.ready[s.readIndex]
+                let future = s.ready[s.readIndex]!
+                s.ready[s.readIndex] = nil
                 s.readIndex += 1
                 if s.readIndex == s.ready.count {
                     s.ready.removeAll(keepingCapacity: true)
@@ -294,8 +297,15 @@ final class CompletionInbox<Output: Sendable>: FutureObserver {
 /// dropped, or when `AsyncThrowingStream` drops the closure because the
 /// consuming task was cancelled.
 final class InboxRegistration<Output: Sendable>: Sendable {
+    /// A future to unregister from at the end, held weakly: the sequence
+    /// must not keep alive a future the caller has let go of (one that is
+    /// gone needs no unregistering).
+    private struct WeakFuture: @unchecked Sendable {
+        weak var future: TaskFuture<Output>?
+    }
+
     private let inbox: CompletionInbox<Output>
-    private let futures: [TaskFuture<Output>]
+    private let futures: [WeakFuture]
     /// The time-out's timer: started the first time the consumer has to
     /// wait (none if it never does), stopped when the sequence ends or is
     /// dropped.
@@ -303,7 +313,7 @@ final class InboxRegistration<Output: Sendable>: Sendable {
 
     init(inbox: CompletionInbox<Output>, futures: [TaskFuture<Output>]) {
         self.inbox = inbox
-        self.futures = futures
+        self.futures = futures.map { WeakFuture(future: $0) }
     }
 
     deinit { release() }
@@ -314,7 +324,7 @@ final class InboxRegistration<Output: Sendable>: Sendable {
             defer { t = nil }
             return t
         }?.cancel()
-        for future in futures { future.unregister(inbox) }
+        for entry in futures { entry.future?.unregister(inbox) }
     }
 
     /// The stream's next element: a done future, nil at the end; throws
