@@ -745,6 +745,14 @@ final class FakeWorker: @unchecked Sendable {
         while true { try answerEcho(try readRun()) }
     }
 
+    /// Shuts down the reading side of the fake's end: the parent's next
+    /// write fails (EPIPE) while the worker "process" lives on.
+    func shutdownReading() {
+        connection.state.withLock {
+            if $0.workerFD >= 0 { _ = Glibc.shutdown($0.workerFD, Int32(SHUT_RD)) }
+        }
+    }
+
     /// Closes the fake's end of the stream (the parent sees EOF); the
     /// worker "process" lives on until its script ends.
     func closeStream() {

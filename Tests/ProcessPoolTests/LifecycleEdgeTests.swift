@@ -171,3 +171,94 @@ final class NSLockLike: @unchecked Sendable {
         return body()
     }
 }
+
+@Suite("Faults the system injects", .serialized, .timeLimit(.minutes(2)))
+struct InjectedFaultTests {
+    @Test("a thread the system refuses breaks the pool with the reason; nothing traps or hangs")
+    func threadRefused() async throws {
+        let pool = try makePool(.spawn(executable: TestEnvironment.workerExecutable), maxWorkers: 1)
+        PoolThread.injectedFailures.store(1, ordering: .relaxed)
+        defer { PoolThread.injectedFailures.store(0, ordering: .relaxed) }
+        do {
+            _ = try pool.submit(Echo(1))
+            Issue.record("submit succeeded without an I/O thread")
+        } catch let error as BrokenProcessPool {
+            #expect(error.reason.contains("pthread_create"), "\(error.reason)")
+        }
+        #expect(throws: BrokenProcessPool.self) { try pool.submit(Echo(2)) }
+        await pool.shutdown()
+        // The next pool is fine.
+        let next = try makePool(.spawn(executable: TestEnvironment.workerExecutable), maxWorkers: 1)
+        #expect(try await settle(next.submit(Echo(3))) == 3)
+        await next.shutdown()
+    }
+
+    @Test("a failed write stops the worker; its future fails naming it instead of hanging")
+    func failedWrite() async throws {
+        let launcher = FakeLauncher { w in
+            try w.handshake()
+            try w.answerEcho(try w.readRun())
+            w.shutdownReading()
+            try w.stallUntilKilled()
+        }
+        let pool = try Hostile.makeFakePool(launcher)
+        guard case .value(0) = await Hostile.settleOutcome(try pool.submit(Echo(0))) else {
+            Issue.record("the first Echo did not complete")
+            pool.killWorkers()
+            await Hostile.finish(pool, launcher)
+            return
+        }
+        // More than the socket buffers hold: the write fails part way (EPIPE).
+        let future = try pool.submit(EchoBytes([UInt8](repeating: 1, count: 16 << 20)))
+        await Hostile.expectBrokenNaming(future)
+        await Hostile.finish(pool, launcher)
+    }
+}
+
+/// A plain-bits task only this test registers (so nothing has asked about
+/// its type before the pool does).
+struct ForkLockProbe: ProcessTask, BitwiseCodable {
+    var value: Int
+    func run() -> Int { value &* 3 }
+}
+
+/// A thread that takes the block-answers lock when asked and holds it until
+/// told to let go: the lock is held by another thread at the moment of a fork.
+final class LockHolder: @unchecked Sendable {
+    private let held = OneShotEvent()
+    private let release = OneShotEvent()
+
+    func holdNow() {
+        try? PoolThread.start(name: "test lock holder") { [self] in
+            BitwiseTypes.withCacheLocked {
+                held.set()
+                release.wait()
+            }
+        }
+        held.wait()
+    }
+
+    func letGo() { release.set() }
+}
+
+@Suite("fork safety", .serialized, .timeLimit(.minutes(2)))
+struct ForkSafetyTests {
+    @Test("a forked worker takes no lock of the parent's: a lock held at the fork does not hang it")
+    func lockHeldAtFork() async throws {
+        let holder = LockHolder()
+        ForkHooks.current = ForkHooks.Hooks(before: { holder.holdNow() }, after: { holder.letGo() })
+        defer { ForkHooks.current = ForkHooks.Hooks() }
+        let registry = TaskRegistry(ForkLockProbe.self)
+        let pool = try ProcessPoolExecutor(maxWorkers: 1, context: .fork, tasks: registry)
+        var got: [Int] = []
+        let results = try pool.map((0..<200).map { ForkLockProbe(value: $0) }, timeout: .seconds(20), chunkSize: 50)
+        do {
+            for try await value in results { got.append(value) }
+        } catch {
+            Issue.record("the forked worker did not answer: \(error)")
+            pool.killWorkers()
+        }
+        #expect(got == (0..<200).map { $0 * 3 })
+        await pool.shutdown()
+    }
+}

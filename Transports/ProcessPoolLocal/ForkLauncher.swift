@@ -1,6 +1,7 @@
 import CProcessPoolShim
 import Glibc
 import ProcessPoolCore
+import Synchronization
 
 /// The `fork` start method: every worker is forked from this process at the
 /// pool's first submit and serves the pool's registry directly.
@@ -27,7 +28,10 @@ func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
     let inherited = ParentDescriptors.snapshot()
     let parent = getpid()
     cpp_flush_all()
+    let hooks = ForkHooks.current
+    hooks.before?()
     let pid = cpp_fork()
+    if pid != 0 { hooks.after?() }
     if pid == 0 {
         cpp_unblock_all_signals()
         tieLifetimeToParent(parent)
@@ -51,4 +55,25 @@ func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
         throw error
     }
     return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd)
+}
+
+/// Test hooks around each `fork` of a worker (parent side): a test uses
+/// them to hold a lock in another thread at the moment of the fork.
+package enum ForkHooks {
+    package struct Hooks: Sendable {
+        package var before: (@Sendable () -> Void)?
+        package var after: (@Sendable () -> Void)?
+        package init(before: (@Sendable () -> Void)? = nil, after: (@Sendable () -> Void)? = nil) {
+            self.before = before
+            self.after = after
+        }
+    }
+
+    private static let hooks = Mutex(Hooks())
+
+    /// The hooks in force (read before each fork, in the parent).
+    package static var current: Hooks {
+        get { hooks.withLock { $0 } }
+        set { hooks.withLock { $0 = newValue } }
+    }
 }

@@ -51,6 +51,12 @@ package enum ValueLayout: UInt8, Sendable {
 package enum BitwiseTypes {
     private static let cache = Mutex<[ObjectIdentifier: Bool]>([:])
 
+    /// Runs `body` while holding the answers' lock (tests: a lock another
+    /// thread holds when a worker is forked must never be needed there).
+    package static func withCacheLocked<R>(_ body: () -> R) -> R {
+        cache.withLock { _ in body() }
+    }
+
     package static func isBitwise<T>(_: T.Type) -> Bool {
         let key = ObjectIdentifier(T.self)
         if let known = cache.withLock({ $0[key] }) { return known }

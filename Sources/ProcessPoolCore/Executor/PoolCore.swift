@@ -186,6 +186,7 @@ package final class PoolCore: @unchecked Sendable {
                 return self.session
             }
             session?.close()
+            LivePools.remove(self)
             finished.set()
             throw BrokenProcessPool(reason: reason)
         }

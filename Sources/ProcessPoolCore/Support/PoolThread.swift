@@ -1,11 +1,16 @@
 import CProcessPoolShim
 import Glibc
+import Synchronization
 
 /// Starts a detached-on-exit pthread running `body`.
 ///
 /// The pool's I/O thread and the local launcher thread are plain pthreads:
 /// they block in `poll` and must not occupy a Swift concurrency thread.
 package enum PoolThread {
+    /// Fault injection for tests: the next N thread starts fail with EAGAIN,
+    /// as they do when a process reaches its thread limit.
+    package static let injectedFailures = Atomic<Int>(0)
+
     private final class Box {
         let body: () -> Void
         init(_ body: @escaping () -> Void) { self.body = body }
@@ -14,6 +19,10 @@ package enum PoolThread {
     /// Starts the thread; throws `SystemError` if the system refuses one
     /// (EAGAIN: too many threads or processes).
     package static func start(name: String, _ body: @escaping @Sendable () -> Void) throws {
+        if injectedFailures.load(ordering: .relaxed) > 0,
+           injectedFailures.wrappingSubtract(1, ordering: .relaxed).oldValue > 0 {
+            throw SystemError("pthread_create", errno: EAGAIN)
+        }
         let box = Unmanaged.passRetained(Box {
             cpp_set_thread_name(name)
             body()
