@@ -89,10 +89,9 @@ enum ForkServerClient {
                                  deadline: UInt64) throws -> (pid_t, Int32) {
         let request = server.key + [ForkServerProtocol.forkWorker]
         var attached = [channel]
-        var sent: Int
-        repeat {
-            sent = request.withUnsafeBytes { cpp_send_fds(connection, $0.baseAddress, $0.count, &attached, 1) }
-        } while sent < 0 && errno == EINTR
+        let sent = Syscall.retrying {
+            request.withUnsafeBytes { cpp_send_fds(connection, $0.baseAddress, $0.count, &attached, 1) }
+        }
         guard sent == request.count else {
             if sent < 0 && (errno == EPIPE || errno == ECONNRESET) {
                 throw gone(server, "closed the connection (it has died)")
@@ -108,16 +107,18 @@ enum ForkServerClient {
                 closeDescriptor(pidfd)
                 throw ServerSilent(pid: server.pid, executable: server.executable)
             }
-            let ready = poll(&fds, 1, Int32(min((deadline - now) / 1_000_000 + 1, 1_000)))
-            if ready == 0 || (ready < 0 && errno == EINTR) { continue }
+            let ready = Syscall.poll(&fds, timeoutMilliseconds: Int32(min((deadline - now) / 1_000_000 + 1, 1_000)))
+            if ready <= 0 { continue }
             var chunk = [UInt8](repeating: 0, count: ForkServerProtocol.replyLength - reply.count)
             var received: [Int32] = [-1, -1]
             var count: Int32 = 0
-            let n = chunk.withUnsafeMutableBytes { cpp_recv_fds(connection, $0.baseAddress, $0.count, &received, 2, &count) }
+            let n = Syscall.retrying {
+                chunk.withUnsafeMutableBytes { cpp_recv_fds(connection, $0.baseAddress, $0.count, &received, 2, &count) }
+            }
             for fd in received.prefix(Int(count)) {
                 if pidfd < 0 { pidfd = fd } else { closeDescriptor(fd) }
             }
-            if n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { continue }
             if n <= 0 {
                 closeDescriptor(pidfd)
                 let detail = server.hasEnded ? "died before it answered"

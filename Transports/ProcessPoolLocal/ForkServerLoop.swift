@@ -89,10 +89,11 @@ struct ForkServerLoop {
     private func parentIsGone() -> Bool {
         var byte: UInt8 = 0
         while true {
-            let n = recv(control, &byte, 1, Int32(MSG_DONTWAIT))
-            if n > 0 { continue }  // Nothing is ever sent; discard.
-            if n < 0 && errno == EINTR { continue }
-            return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            switch withUnsafeMutableBytes(of: &byte, { Syscall.receive(control, into: $0, flags: Int32(MSG_DONTWAIT)) }) {
+            case .bytes: continue  // Nothing is ever sent; discard.
+            case .wouldBlock: return false
+            case .endOfStream, .failed: return true
+            }
         }
     }
 
@@ -100,9 +101,9 @@ struct ForkServerLoop {
 
     private mutating func acceptConnections() {
         while true {
-            let fd = cpp_accept_nonblocking(listener)
+            let fd = Syscall.retrying { cpp_accept_nonblocking(listener) }
             if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
+                if errno == ECONNABORTED { continue }
                 if errno != EAGAIN && errno != EWOULDBLOCK {
                     cpp_log_stderr("forkserver \(serverPID): \(SystemError("accept"))\n")
                 }
@@ -131,11 +132,13 @@ struct ForkServerLoop {
         var received: [Int32] = [-1, -1, -1, -1]
         var receivedCount: Int32 = 0
         let want = ForkServerProtocol.requestLength - pending[index].bytes.count
-        let n = buffer.withUnsafeMutableBytes { raw in
-            cpp_recv_fds(fd, raw.baseAddress, want, &received, 4, &receivedCount)
+        let n = Syscall.retrying {
+            buffer.withUnsafeMutableBytes { raw in
+                cpp_recv_fds(fd, raw.baseAddress, want, &received, 4, &receivedCount)
+            }
         }
         pending[index].descriptors += received.prefix(Int(receivedCount))
-        if n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) { return }
+        if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
         let connection = pending.remove(at: index)
         if n <= 0 {
             let why = n == 0 ? "closed before a complete request" : "\(SystemError("recvmsg"))"

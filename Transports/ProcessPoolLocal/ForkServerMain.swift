@@ -34,10 +34,11 @@ struct ForkServerSetup {
             var fds: [Int32] = [-1, -1]
             var fdCount: Int32 = 0
             let want = ForkServerProtocol.keyLength - key.count
-            let n = chunk.withUnsafeMutableBytes { buffer in
-                cpp_recv_fds(control, buffer.baseAddress, want, &fds, 2, &fdCount)
+            let n = Syscall.retrying {
+                chunk.withUnsafeMutableBytes { buffer in
+                    cpp_recv_fds(control, buffer.baseAddress, want, &fds, 2, &fdCount)
+                }
             }
-            if n < 0 && errno == EINTR { continue }
             for fd in fds.prefix(Int(fdCount)) {
                 if listener < 0 { listener = fd } else { closeDescriptor(fd) }
             }

@@ -37,8 +37,10 @@ final class ForkServerWorkerConnection: WorkerConnection {
             var lost = false
             while state.exit == nil {
                 var chunk = [UInt8](repeating: 0, count: ForkServerProtocol.statusLength - state.statusBytes.count)
-                let n = chunk.withUnsafeMutableBytes { recv(exitDescriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if n > 0 {
+                let got = chunk.withUnsafeMutableBytes {
+                    Syscall.receive(exitDescriptor, into: $0, flags: Int32(MSG_DONTWAIT))
+                }
+                if case .bytes(let n) = got {
                     state.statusBytes += chunk.prefix(n)
                     if state.statusBytes.count == ForkServerProtocol.statusLength {
                         state.exit = ForkServerProtocol.decodeStatus(state.statusBytes)
@@ -46,8 +48,7 @@ final class ForkServerWorkerConnection: WorkerConnection {
                     }
                     continue
                 }
-                if n < 0 && errno == EINTR { continue }
-                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
+                if got == .wouldBlock { break }
                 // EOF (or a reset) before a status: the server is gone.
                 state.exit = .lost("the forkserver (pid \(serverPID)) died")
                 lost = true
