@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "pool-bench", targets: ["PoolBench"]),
         .library(name: "ProcessPoolSSH", targets: ["ProcessPoolSSH"]),
         .executable(name: "ssh-farm", targets: ["SSHFarm"]),
+        .executable(name: "pool-soak", targets: ["PoolSoak"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -87,6 +88,12 @@ let package = Package(
             name: "PoolTestWorker",
             dependencies: ["PoolTestSupport", "ProcessPool"],
             path: "Tests/PoolTestWorker"
+        ),
+        // The chaos soak: swift run -c release pool-soak --minutes N
+        .executableTarget(
+            name: "PoolSoak",
+            dependencies: ["PoolTestSupport", "ProcessPool"],
+            path: "Tests/PoolSoak"
         ),
         .testTarget(
             name: "ProcessPoolTests",

@@ -29,6 +29,7 @@ struct ForkServerLauncher: WorkerLauncher {
     /// The server outlives the pool: the session releases nothing.
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
         let executable = self.executable
-        return LauncherThreadSession { try ForkServerClient.startWorker(executable: executable) }
+        return LauncherThreadSession(start: { try ForkServerClient.startWorker(executable: executable) },
+                                     onClose: { ForkServers.reapEnded() })
     }
 }

@@ -43,6 +43,17 @@ enum ForkServers {
         }
     }
 
+    /// Reaps every server that has died (a pool using one has finished):
+    /// no dead server stays a zombie until the next forkserver pool.
+    static func reapEnded() {
+        servers.withLock { servers in
+            for (executable, server) in servers where server.hasEnded {
+                servers[executable] = nil
+                server.dispose()
+            }
+        }
+    }
+
     /// The current server for `executable`, if one was started (it may have died).
     static func existing(for executable: String) -> ForkServerProcess? {
         servers.withLock { $0[executable] }

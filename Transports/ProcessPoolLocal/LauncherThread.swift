@@ -45,9 +45,12 @@ final class LauncherThread: @unchecked Sendable {
 }
 
 /// A pool's session for the local start methods: each launch runs `start`
-/// on the launcher thread. Nothing is shared per pool, so `close()` is empty.
+/// on the launcher thread. Nothing is shared per pool; `close()` runs
+/// `onClose` (the forkserver's reaps a server that died meanwhile).
 struct LauncherThreadSession: LaunchSession {
     let start: @Sendable () throws -> any WorkerConnection
+    /// Runs when the pool is finished (the forkserver's: reap a server that died).
+    var onClose: (@Sendable () -> Void)? = nil
 
     func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
         let start = self.start
@@ -56,5 +59,5 @@ struct LauncherThreadSession: LaunchSession {
         }
     }
 
-    func close() {}
+    func close() { onClose?() }
 }

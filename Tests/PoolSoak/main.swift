@@ -1,0 +1,329 @@
+// pool-soak: a chaos soak of the pool. For N minutes, on each start method,
+// it runs rounds of random work against fresh pools — tasks of every size
+// and shape, maps with chunk and buffer sizes, workers that die by SIGKILL,
+// SIGSEGV or exit mid-task, a killed forkserver, cancels, Swift task
+// cancellations, time-outs, every way of shutting down — and checks all the
+// time that every future resolves within a bound with the right value or a
+// defined error, that no descriptor, process or zombie accumulates, and that
+// memory stops growing after warm-up. Every violation is printed with the
+// seed and round that replay it.
+//
+//   swift run -c release pool-soak --minutes 10 [--seed S] [--methods fork,spawn,forkserver]
+import Glibc
+import PoolTestSupport
+import ProcessPool
+import ProcessPoolCore
+import ProcessPoolLocal
+
+ProcessPoolExecutor.bootstrap(testRegistry)
+
+// MARK: Options
+
+var minutes = 1.0
+var seed = UInt64(cpp_monotonic_ns_for_seed())
+var methods = ["fork", "spawn", "forkserver"]
+var arguments = CommandLine.arguments.dropFirst().makeIterator()
+while let argument = arguments.next() {
+    switch argument {
+    case "--minutes": minutes = Double(arguments.next() ?? "") ?? minutes
+    case "--seed": seed = UInt64(arguments.next() ?? "") ?? seed
+    case "--methods": methods = (arguments.next() ?? "").split(separator: ",").map(String.init)
+    default:
+        print("usage: pool-soak [--minutes N] [--seed S] [--methods fork,spawn,forkserver]")
+        exit(2)
+    }
+}
+
+func cpp_monotonic_ns_for_seed() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_007 &+ UInt64(ts.tv_nsec)
+}
+
+/// SplitMix64: a small seeded generator, so a seed replays a run.
+struct SoakRandom: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+// MARK: Accounting
+
+struct Counts {
+    var rounds = 0, tasks = 0, maps = 0, kills = 0, breaks = 0, cancels = 0
+    var swiftCancels = 0, timeouts = 0, serverKills = 0, violations = 0
+}
+nonisolated(unsafe) var counts = Counts()
+nonisolated(unsafe) var currentRound = (method: "", round: 0, seed: UInt64(0))
+
+func violation(_ what: String) {
+    counts.violations += 1
+    print("VIOLATION seed=\(currentRound.seed) method=\(currentRound.method) round=\(currentRound.round): \(what)")
+}
+
+/// The outcome of a future, waited for within `seconds` (a hang is a violation).
+enum Settled<T> { case value(T), failed(any Error), hung }
+
+func settle<T>(_ future: TaskFuture<T>, _ seconds: Int = 60) async -> Settled<T> {
+    let (done, _) = await wait(for: [future], timeout: .seconds(seconds))
+    guard !done.isEmpty else { return .hung }
+    do { return .value(try future.result()) } catch { return .failed(error) }
+}
+
+/// An error a future may end with in a round where the pool may break or be
+/// stopped: anything else is a violation.
+func isDefined(_ error: any Error) -> Bool {
+    error is BrokenProcessPool || error is CancellationError || error is RegisteredFailure
+        || error is RemoteTaskError || (error as? ProcessPoolError) != nil
+}
+
+// MARK: One round
+
+func runRound(method name: String, random: inout SoakRandom) async {
+    let method = try! StartMethod(named: name)
+    let workers = Int.random(in: 1...3, using: &random)
+    let pool: ProcessPoolExecutor
+    do {
+        pool = try ProcessPoolExecutor(maxWorkers: workers, context: method, tasks: testRegistry)
+    } catch {
+        violation("pool creation failed: \(error)")
+        return
+    }
+    var pending: [(TaskFuture<Int>, Int?)] = []  // future, expected value (nil: may fail)
+    let actions = Int.random(in: 3...12, using: &random)
+    var broken = false
+    for _ in 0..<actions {
+        let action = Int.random(in: 0..<100, using: &random)
+        do {
+            switch action {
+            case 0..<30:
+                // Payloads of every shape and size, checked byte for byte.
+                let shape = SweepShape.allCases.randomElement(using: &random)!
+                let size = [0, 1, 65_537, 262_144, 600 * 1024, (1 << 20) + 1, 8 << 20].randomElement(using: &random)!
+                let payload = SweepPayload(shape: shape, size: shape == .bytes ? size : min(size, 1 << 20),
+                                           seed: Int.random(in: 0..<1000, using: &random))
+                let future = try pool.submit(EchoPayload(payload))
+                counts.tasks += 1
+                switch await settle(future) {
+                case .value(let echoed):
+                    if echoed != EchoPayload(payload).run() { violation("payload \(shape) \(size) came back wrong") }
+                case .failed(let error): if !broken || !isDefined(error) { violation("payload failed: \(error)") }
+                case .hung: violation("a payload future did not settle in 60 s")
+                }
+            case 30..<50:
+                // A map with random chunk and buffer sizes, maybe left early.
+                let n = Int.random(in: 0...400, using: &random)
+                let chunk = Int.random(in: 1...64, using: &random)
+                let buffer: Int? = Bool.random(using: &random) ? nil : Int.random(in: 1...4, using: &random)
+                let stopAt = Bool.random(using: &random) ? Int.random(in: 0...max(0, n), using: &random) : n
+                counts.maps += 1
+                counts.tasks += n
+                var index = 0
+                do {
+                    for try await value in try pool.map((0..<n).map { Square($0) }, timeout: .seconds(60),
+                                                        chunkSize: chunk, bufferSize: buffer) {
+                        if index >= stopAt { break }
+                        if value != index * index { violation("map item \(index) was \(value)") }
+                        index += 1
+                    }
+                    if index != min(n, stopAt) { violation("map ended after \(index) of \(min(n, stopAt))") }
+                } catch {
+                    if !broken || !isDefined(error) { violation("map failed: \(error)") }
+                }
+            case 50..<62:
+                // Work left pending, some of it cancelled, some waited on by
+                // Swift tasks that are then cancelled.
+                for i in 0..<Int.random(in: 1...20, using: &random) {
+                    let future = try pool.submit(Echo(i))
+                    counts.tasks += 1
+                    if Bool.random(using: &random) {
+                        if future.cancel() { counts.cancels += 1 }
+                        pending.append((future, nil))
+                    } else if Int.random(in: 0..<4, using: &random) == 0 {
+                        let waiter = Task { try await future.value }
+                        waiter.cancel()
+                        counts.swiftCancels += 1
+                        _ = await waiter.result
+                        pending.append((future, nil))
+                    } else {
+                        pending.append((future, i))
+                    }
+                }
+            case 62..<70:
+                // A time-out that passes while the task runs on.
+                let future = try pool.submit(SleepTask(milliseconds: 30))
+                counts.tasks += 1
+                do {
+                    _ = try future.result(timeout: .milliseconds(1))
+                } catch ProcessPoolError.timeout {
+                    counts.timeouts += 1
+                } catch {
+                    if !broken || !isDefined(error) { violation("result(timeout:) threw \(error)") }
+                }
+                if case .hung = await settle(future) { violation("a timed-out task never finished") }
+            case 70..<78:
+                // Errors thrown by tasks fail only their futures.
+                let future = try pool.submit(Fail(registered: Bool.random(using: &random)))
+                counts.tasks += 1
+                switch await settle(future) {
+                case .value: violation("a failing task succeeded")
+                case .failed(let error): if !isDefined(error) { violation("unexpected error \(error)") }
+                case .hung: violation("a failing task did not settle")
+                }
+            case 78..<88:
+                // A worker dies mid-task: the pool breaks, naming it.
+                let how = [Die.How.sigkill, .sigsegv, .exit3].randomElement(using: &random)!
+                let future = try pool.submit(Die(how))
+                counts.kills += 1
+                switch await settle(future) {
+                case .failed(let error as BrokenProcessPool):
+                    if !error.reason.contains("pid") { violation("break reason names no worker: \(error.reason)") }
+                    broken = true
+                    counts.breaks += 1
+                case .failed(let error): violation("a dying worker gave \(error)")
+                case .value: violation("a dying task returned a value")
+                case .hung: violation("a dying worker's future did not settle")
+                }
+            case 88..<92 where name == "forkserver":
+                // The forkserver itself is killed: its pools break, the next gets a new one.
+                let future = try pool.submit(SleepTask(milliseconds: 1))
+                _ = await settle(future)
+                if let pid = ForkServerHooks.serverPID(executable: "/proc/self/exe") {
+                    kill(pid, SIGKILL)
+                    counts.serverKills += 1
+                    broken = true
+                }
+            default:
+                let future = try pool.submit(Echo(7))
+                counts.tasks += 1
+                pending.append((future, 7))
+            }
+        } catch {
+            // submit/map refused: only after the pool broke.
+            if !(error is BrokenProcessPool) || !broken {
+                if error is BrokenProcessPool { broken = true } else { violation("submit threw \(error)") }
+            }
+        }
+    }
+    // Every way of ending a pool.
+    switch Int.random(in: 0..<6, using: &random) {
+    case 0: pool.shutdown(wait: true)
+    case 1: pool.shutdown(wait: false)
+    case 2: await pool.shutdown(cancelFutures: true)
+    case 3: pool.terminateWorkers()
+    case 4: pool.killWorkers()
+    default: break  // dropped
+    }
+    for (future, expected) in pending {
+        switch await settle(future) {
+        case .value(let value): if let expected, value != expected { violation("Echo gave \(value), not \(expected)") }
+        case .failed(let error): if !isDefined(error) { violation("pending future failed with \(error)") }
+        case .hung: violation("a pending future did not settle in 60 s")
+        }
+    }
+    await pool.shutdown()
+}
+
+// MARK: Hygiene
+
+func openDescriptors() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var n = 0
+    while readdir(dir) != nil { n += 1 }
+    return n
+}
+
+/// Live children and zombies of this process, the forkserver (which lives
+/// for the whole run by design) excepted but its children counted.
+func children() -> (live: Int, zombies: Int) {
+    let me = getpid()
+    var infos: [(pid: Int32, ppid: Int32, state: Character)] = []
+    guard let dir = opendir("/proc") else { return (0, 0) }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        guard let pid = Int32(name), let stat = readTextFile("/proc/\(name)/stat"), let close = stat.lastIndex(of: ")") else { continue }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 2, let ppid = Int32(fields[1]) else { continue }
+        infos.append((pid, ppid, fields[0].first ?? "?"))
+    }
+    closedir(dir)
+    var live = 0, zombies = 0
+    for child in infos where child.ppid == me {
+        let isServer = (readTextFile("/proc/\(child.pid)/environ") ?? "").contains("SWIFT_PROCESSPOOL_ROLE=forkserver")
+        let group = isServer ? infos.filter { $0.ppid == child.pid } : [child]
+        for process in group { if process.state == "Z" { zombies += 1 } else { live += 1 } }
+    }
+    return (live, zombies)
+}
+
+func residentMiB() -> Int {
+    guard let text = readTextFile("/proc/self/statm") else { return 0 }
+    let fields = text.split(separator: " ")
+    return fields.count > 1 ? ((Int(fields[1]) ?? 0) * 4096) >> 20 : 0
+}
+
+// MARK: Main
+
+signal(SIGPIPE, SIG_IGN)
+print("pool-soak: seed \(seed), \(minutes) min per method, methods \(methods.joined(separator: ","))")
+var random = SoakRandom(state: seed)
+for name in methods {
+    var clockStart = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &clockStart)
+    func elapsedSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec - clockStart.tv_sec) + Double(now.tv_nsec - clockStart.tv_nsec) / 1e9
+    }
+    var round = 0
+    var baselineDescriptors: Int?
+    var warmMemory: Int?
+    let before = counts
+    while elapsedSeconds() < minutes * 60 {
+        round += 1
+        let roundSeed = random.next()
+        currentRound = (name, round, roundSeed)
+        var roundRandom = SoakRandom(state: roundSeed)
+        await runRound(method: name, random: &roundRandom)
+        counts.rounds += 1
+        // Every worker of a finished pool is gone and reaped.
+        var (live, zombies) = children()
+        var waited = 0
+        while (live > 0 || zombies > 0) && waited < 500 {
+            usleep(10_000)
+            waited += 1
+            (live, zombies) = children()
+        }
+        if live > 0 || zombies > 0 { violation("\(live) live workers and \(zombies) zombies after the round") }
+        let descriptors = openDescriptors()
+        if let baseline = baselineDescriptors {
+            if descriptors > baseline + 8 { violation("descriptors grew from \(baseline) to \(descriptors)") }
+        } else if round == 3 {
+            baselineDescriptors = descriptors
+        }
+        // Memory: after a warm-up fifth of the time, it must stop growing.
+        let memory = residentMiB()
+        if elapsedSeconds() > minutes * 12 {
+            if let warm = warmMemory {
+                if memory > warm + 128 { violation("resident memory grew from \(warm) MiB to \(memory) MiB after warm-up") }
+            } else {
+                warmMemory = memory
+            }
+        }
+    }
+    let c = counts
+    print("pool-soak \(name): \(c.rounds - before.rounds) rounds, \(c.tasks - before.tasks) tasks, "
+        + "\(c.maps - before.maps) maps, \(c.kills - before.kills) kills, \(c.breaks - before.breaks) breaks, "
+        + "\(c.cancels - before.cancels) cancels, \(c.swiftCancels - before.swiftCancels) Swift cancellations, "
+        + "\(c.timeouts - before.timeouts) time-outs, \(c.serverKills - before.serverKills) forkserver kills, "
+        + "resident \(residentMiB()) MiB, \(openDescriptors()) descriptors, "
+        + "\(c.violations - before.violations) violations")
+}
+print("pool-soak: \(counts.violations) violations in all (seed \(seed))")
+exit(counts.violations == 0 ? 0 : 1)
