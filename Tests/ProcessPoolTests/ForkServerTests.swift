@@ -72,6 +72,22 @@ struct ForkServerTests {
         await next.shutdown()
     }
 
+    @Test("a server killed while its pool is idle is reaped when the pool finishes (found by pool-soak)")
+    func idleServerKilledIsReaped() async throws {
+        for _ in 0..<5 {
+            let pool = try ProcessPoolExecutor(maxWorkers: 1, context: method, tasks: testRegistry)
+            #expect(try await pool.submit(Echo(1)).value == 1)
+            let server = try #require(ForkServerHooks.serverPID(executable: executable))
+            #expect(kill(server, SIGKILL) == 0)
+            // The idle worker dies with its server; the pool notices and breaks.
+            #expect(ProcInfo.eventually(10) { pool.brokenReason != nil })
+            await pool.shutdown()
+            // No zombie of ours is left, without waiting for another pool to start.
+            #expect(ProcInfo.eventually(10) { ProcInfo.stat(server)?.parent != getpid() },
+                    "the dead forkserver \(server) is still our unreaped child: \(String(describing: ProcInfo.stat(server))) \(pool.brokenReason ?? "")")
+        }
+    }
+
     @Test("a stranger's connection is refused and the server keeps serving")
     func strangerRefused() async throws {
         let pool = try ProcessPoolExecutor(maxWorkers: 1, context: method, tasks: testRegistry)

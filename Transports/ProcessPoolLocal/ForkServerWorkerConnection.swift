@@ -55,7 +55,7 @@ final class ForkServerWorkerConnection: WorkerConnection {
             }
             return (state.exit, lost)
         }
-        if serverLost { ForkServers.reapIfEnded(pid: serverPID) }
+        if serverLost { ForkServers.discardDead(pid: serverPID) }
         return exit
     }
 

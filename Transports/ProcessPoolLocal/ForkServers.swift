@@ -32,12 +32,13 @@ enum ForkServers {
         }
     }
 
-    /// A worker's connection reached EOF without a status: if the server
-    /// with `pid` has ended, reap it now rather than at the next launch.
-    static func reapIfEnded(pid: pid_t) {
+    /// A worker's connection reached EOF without a status: the server with
+    /// `pid` died (or is dying, or drops connections, which is as bad): stop
+    /// it if need be and reap it now, not at the next launch. (Waiting for it
+    /// to look ended raced with its exit and left a zombie: pool-soak.)
+    static func discardDead(pid: pid_t) {
         servers.withLock { servers in
-            guard let (executable, server) = servers.first(where: { $0.value.pid == pid }),
-                  server.hasEnded else { return }
+            guard let (executable, server) = servers.first(where: { $0.value.pid == pid }) else { return }
             servers[executable] = nil
             server.dispose()
         }
