@@ -329,3 +329,17 @@ void cpp_set_socket_buffers(int fd, int bytes) {
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
 }
+
+// ThreadSanitizer sees pthread mutexes but not Synchronization's futex-based
+// Mutex; these tell it about each acquire and release (no-ops unless the
+// TSan runtime is linked: the symbols are weak).
+extern void __tsan_acquire(void *addr) __attribute__((weak));
+extern void __tsan_release(void *addr) __attribute__((weak));
+
+void cpp_tsan_acquire(const void *addr) {
+    if (__tsan_acquire) __tsan_acquire((void *)addr);
+}
+
+void cpp_tsan_release(const void *addr) {
+    if (__tsan_release) __tsan_release((void *)addr);
+}

@@ -73,7 +73,7 @@ package enum ForkHooks {
 
     /// The hooks in force (read before each fork, in the parent).
     package static var current: Hooks {
-        get { hooks.withLock { $0 } }
-        set { hooks.withLock { $0 = newValue } }
+        get { hooks.guarded { $0 } }
+        set { hooks.guarded { $0 = newValue } }
     }
 }

@@ -32,7 +32,7 @@ final class ForkServerWorkerConnection: WorkerConnection {
     }
 
     func collectExit() -> WorkerExit? {
-        let (exit, serverLost) = state.withLock { state -> (WorkerExit?, Bool) in
+        let (exit, serverLost) = state.guarded { state -> (WorkerExit?, Bool) in
             if let exit = state.exit { return (exit, false) }
             var lost = false
             while state.exit == nil {
@@ -63,7 +63,7 @@ final class ForkServerWorkerConnection: WorkerConnection {
     func kill() { send(SIGKILL) }
 
     private func send(_ signal: Int32) {
-        state.withLock { state in
+        state.guarded { state in
             guard state.exit == nil else { return }
             _ = cpp_pidfd_send_signal(pidfd, signal)
         }

@@ -10,7 +10,7 @@ enum ForkServers {
     /// The live server for `executable`, started if there is none (or the
     /// last one died; that one is reaped). Call on the launcher thread.
     static func server(for executable: String) throws -> ForkServerProcess {
-        try servers.withLock { servers in
+        try servers.guarded { servers in
             if let server = servers[executable] {
                 if !server.hasEnded { return server }
                 servers[executable] = nil
@@ -25,7 +25,7 @@ enum ForkServers {
     /// `server` failed a request: forget it (reaping it) unless a newer one
     /// has already taken its place.
     static func discard(_ server: ForkServerProcess) {
-        servers.withLock { servers in
+        servers.guarded { servers in
             guard servers[server.executable] === server else { return }
             servers[server.executable] = nil
             server.dispose()
@@ -37,7 +37,7 @@ enum ForkServers {
     /// it if need be and reap it now, not at the next launch. (Waiting for it
     /// to look ended raced with its exit and left a zombie: pool-soak.)
     static func discardDead(pid: pid_t) {
-        servers.withLock { servers in
+        servers.guarded { servers in
             guard let (executable, server) = servers.first(where: { $0.value.pid == pid }) else { return }
             servers[executable] = nil
             server.dispose()
@@ -47,7 +47,7 @@ enum ForkServers {
     /// Reaps every server that has died (a pool using one has finished):
     /// no dead server stays a zombie until the next forkserver pool.
     static func reapEnded() {
-        servers.withLock { servers in
+        servers.guarded { servers in
             for (executable, server) in servers where server.hasEnded {
                 servers[executable] = nil
                 server.dispose()
@@ -57,6 +57,6 @@ enum ForkServers {
 
     /// The current server for `executable`, if one was started (it may have died).
     static func existing(for executable: String) -> ForkServerProcess? {
-        servers.withLock { $0[executable] }
+        servers.guarded { $0[executable] }
     }
 }

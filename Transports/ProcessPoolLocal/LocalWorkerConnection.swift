@@ -22,7 +22,7 @@ final class LocalWorkerConnection: WorkerConnection {
     }
 
     func collectExit() -> WorkerExit? {
-        reaped.withLock { exit in
+        reaped.guarded { exit in
             if let exit { return exit }
             switch Syscall.wait(for: pid, blocking: false) {
             case .running: return nil
@@ -38,7 +38,7 @@ final class LocalWorkerConnection: WorkerConnection {
     func kill() { send(SIGKILL) }
 
     private func send(_ signal: Int32) {
-        reaped.withLock { exit in
+        reaped.guarded { exit in
             guard exit == nil else { return }
             if cpp_pidfd_send_signal(exitDescriptor, signal) != 0 && errno == ENOSYS {
                 _ = Glibc.kill(pid, signal)

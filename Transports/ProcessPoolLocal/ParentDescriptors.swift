@@ -6,7 +6,7 @@ import Synchronization
 enum ParentDescriptors {
     private static let set = Mutex<Set<Int32>>([])
 
-    static func insert(_ fd: Int32) { _ = set.withLock { $0.insert(fd) } }
-    static func remove(_ fd: Int32) { _ = set.withLock { $0.remove(fd) } }
-    static func snapshot() -> [Int32] { set.withLock { Array($0) } }
+    static func insert(_ fd: Int32) { _ = set.guarded { $0.insert(fd) } }
+    static func remove(_ fd: Int32) { _ = set.guarded { $0.remove(fd) } }
+    static func snapshot() -> [Int32] { set.guarded { Array($0) } }
 }

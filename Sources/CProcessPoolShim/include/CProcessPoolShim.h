@@ -95,4 +95,9 @@ int cpp_unix_connect_abstract(const void *name, size_t len);
 /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
 int cpp_accept_nonblocking(int listener);
 
+/// Tell ThreadSanitizer (when linked) that a lock at `addr` was acquired /
+/// released; no-ops otherwise.
+void cpp_tsan_acquire(const void *addr);
+void cpp_tsan_release(const void *addr);
+
 #endif

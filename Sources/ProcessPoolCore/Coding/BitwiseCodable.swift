@@ -54,14 +54,14 @@ package enum BitwiseTypes {
     /// Runs `body` while holding the answers' lock (tests: a lock another
     /// thread holds when a worker is forked must never be needed there).
     package static func withCacheLocked<R>(_ body: () -> R) -> R {
-        cache.withLock { _ in body() }
+        cache.guarded { _ in body() }
     }
 
     package static func isBitwise<T>(_: T.Type) -> Bool {
         let key = ObjectIdentifier(T.self)
-        if let known = cache.withLock({ $0[key] }) { return known }
+        if let known = cache.guarded({ $0[key] }) { return known }
         let answer = blockSafe(T.self)
-        cache.withLock { $0[key] = answer }
+        cache.guarded { $0[key] = answer }
         return answer
     }
 

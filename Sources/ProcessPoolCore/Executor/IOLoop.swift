@@ -14,7 +14,7 @@ final class IOLoop: @unchecked Sendable {
     init(core: PoolCore) { self.core = core }
 
     func run() {
-        core.ioThreadID.withLock { $0 = pthread_self() }
+        core.ioThreadID.guarded { $0 = pthread_self() }
         var fds: [pollfd] = []
         var slots: [WorkerSlot] = []
         while true {
@@ -268,7 +268,7 @@ final class IOLoop: @unchecked Sendable {
             defer { core.finishCallbacks = [] }
             return core.finishCallbacks
         }
-        core.ioThreadID.withLock { $0 = nil }
+        core.ioThreadID.guarded { $0 = nil }
         core.finished.set()
         for callback in callbacks { callback() }
     }

@@ -23,7 +23,7 @@ enum LivePools {
     nonisolated(unsafe) private static var owner: pid_t = 0
 
     static func add(_ core: PoolCore) {
-        let register = state.withLock { state -> Bool in
+        let register = state.guarded { state -> Bool in
             state.pools[ObjectIdentifier(core)] = Entry(core: core)
             defer { state.registered = true }
             return !state.registered
@@ -35,13 +35,13 @@ enum LivePools {
     }
 
     static func remove(_ core: PoolCore) {
-        _ = state.withLock { $0.pools.removeValue(forKey: ObjectIdentifier(core)) }
+        _ = state.guarded { $0.pools.removeValue(forKey: ObjectIdentifier(core)) }
     }
 
     /// Runs at exit: lets every live pool finish its work.
     private static func waitForAll() {
         guard getpid() == owner else { return }
-        let cores = state.withLock { $0.pools.values.compactMap(\.core) }
+        let cores = state.guarded { $0.pools.values.compactMap(\.core) }
         for core in cores { core.shutdown(wait: true, cancelFutures: false) }
     }
 }

@@ -418,7 +418,7 @@ package final class PoolCore: @unchecked Sendable {
 
     var isIOThread: Bool {
         let me = pthread_self()
-        return ioThreadID.withLock { id in id.map { pthread_equal($0, me) != 0 } ?? false }
+        return ioThreadID.guarded { id in id.map { pthread_equal($0, me) != 0 } ?? false }
     }
 }
 

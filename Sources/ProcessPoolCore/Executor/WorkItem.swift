@@ -130,7 +130,7 @@ package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
 
     /// The outcomes, once: the sink keeps none of them afterwards.
     package func takeOutcomes() -> ChunkOutcomes<Output> {
-        slot.withLock { slot in
+        slot.guarded { slot in
             defer { slot = nil }
             return slot ?? .values([])
         }
@@ -141,7 +141,7 @@ package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
     /// completes the future.
     private func deliver(_ outcomes: consuming ChunkOutcomes<Output>) {
         var moved: ChunkOutcomes<Output>? = consume outcomes
-        slot.withLock { swap(&$0, &moved) }
+        slot.guarded { swap(&$0, &moved) }
         moved = nil
         future.finish(.success(.values([])))
     }

@@ -34,7 +34,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
 
     /// A future that is already finished (used for empty work and tests).
     package init(result: Result<Output, any Error>) {
-        state.withLock { $0.phase = .finished(result) }
+        state.guarded { $0.phase = .finished(result) }
     }
 
     // MARK: Public API
@@ -99,7 +99,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// was already cancelled); false once it is running or finished.
     @discardableResult
     public func cancel() -> Bool {
-        let (changed, alreadyCancelled) = state.withLock { s -> (Bool, Bool) in
+        let (changed, alreadyCancelled) = state.guarded { s -> (Bool, Bool) in
             switch s.phase {
             case .pending:
                 s.phase = .cancelled
@@ -114,17 +114,17 @@ public final class TaskFuture<Output: Sendable>: Sendable {
 
     /// True once cancelled.
     public var isCancelled: Bool {
-        state.withLock { if case .cancelled = $0.phase { return true } else { return false } }
+        state.guarded { if case .cancelled = $0.phase { return true } else { return false } }
     }
 
     /// True while a worker holds the task.
     public var isRunning: Bool {
-        state.withLock { if case .running = $0.phase { return true } else { return false } }
+        state.guarded { if case .running = $0.phase { return true } else { return false } }
     }
 
     /// True once finished or cancelled.
     public var isDone: Bool {
-        state.withLock {
+        state.guarded {
             switch $0.phase {
             case .finished, .cancelled: return true
             case .pending, .running: return false
@@ -144,7 +144,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     ///
     /// - Parameter body: Called once with this future when it is done.
     public func addDoneCallback(_ body: @escaping @Sendable (TaskFuture<Output>) -> Void) {
-        let runNow = state.withLock { s -> Bool in
+        let runNow = state.guarded { s -> Bool in
             switch s.phase {
             case .finished, .cancelled: return true
             case .pending, .running:
@@ -161,14 +161,14 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// waits for it: every wait unregisters itself when it returns, whether
     /// by its condition, a time-out or cancellation. For tests.
     package var pendingObserverCount: Int {
-        state.withLock { $0.waiters.count }
+        state.guarded { $0.waiters.count }
     }
 
     // MARK: Pool side
 
     /// Pending → running; false if the future was cancelled (then it must not run).
     package func markRunning() -> Bool {
-        state.withLock { s in
+        state.guarded { s in
             switch s.phase {
             case .pending:
                 s.phase = .running
@@ -181,7 +181,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
 
     /// Finishes the future; ignored if it is already done.
     package func finish(_ result: Result<Output, any Error>) {
-        let changed = state.withLock { s -> Bool in
+        let changed = state.guarded { s -> Bool in
             switch s.phase {
             case .pending, .running:
                 s.phase = .finished(result)
@@ -196,7 +196,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
 
     /// The outcome once done: the result, or `CancellationError`.
     func doneOutcome() -> Result<Output, any Error>? {
-        state.withLock { s in
+        state.guarded { s in
             switch s.phase {
             case .finished(let result): return result
             case .cancelled: return .failure(CancellationError())
@@ -206,7 +206,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     }
 
     private func fireCompletion() {
-        let waiters = state.withLock { s in
+        let waiters = state.guarded { s in
             defer { s.waiters = [] }
             return s.waiters
         }
@@ -225,7 +225,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// observer is dropped once told; `unregister` drops it before that.
     /// Registering the same observer twice tells it twice.
     package func register(_ observer: any FutureObserver) -> Bool {
-        state.withLock { s in
+        state.guarded { s in
             switch s.phase {
             case .finished, .cancelled: return false
             case .pending, .running:
@@ -238,7 +238,7 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// Removes `observer` if it is still registered (it will not be told);
     /// harmless if it was told already or never registered.
     package func unregister(_ observer: any FutureObserver) {
-        state.withLock { s in
+        state.guarded { s in
             let index = s.waiters.lastIndex { waiter in
                 if case .observer(let registered) = waiter { return registered === observer }
                 return false
@@ -318,7 +318,7 @@ final class FutureWaiter: FutureObserver {
     /// Stores the continuation to resume on `wake()`; if already woken,
     /// resumes it at once and returns false.
     func setContinuation(_ c: UnsafeContinuation<Void, Never>) -> Bool {
-        let resumeNow = continuation.withLock { state -> Bool in
+        let resumeNow = continuation.guarded { state -> Bool in
             if state.1 { return true }
             state.0 = c
             return false
@@ -334,7 +334,7 @@ final class FutureWaiter: FutureObserver {
             event.set()
             return
         }
-        let c = continuation.withLock { state -> UnsafeContinuation<Void, Never>? in
+        let c = continuation.guarded { state -> UnsafeContinuation<Void, Never>? in
             if state.1 { return nil }
             state.1 = true
             defer { state.0 = nil }

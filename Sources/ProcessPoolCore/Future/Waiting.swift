@@ -122,7 +122,7 @@ private func split<Output>(_ futures: [TaskFuture<Output>]) -> ([TaskFuture<Outp
 extension TaskFuture {
     /// Finished with an error (a cancelled future does not count).
     var failedWithError: Bool {
-        state.withLock { if case .finished(.failure) = $0.phase { return true } else { return false } }
+        state.guarded { if case .finished(.failure) = $0.phase { return true } else { return false } }
     }
 }
 
@@ -157,7 +157,7 @@ final class WaitObserver<Output: Sendable>: FutureObserver {
     func futureDidFinish(_ future: AnyObject) {
         let failed = returnWhen == .firstException
             && unsafeDowncast(future, to: TaskFuture<Output>.self).failedWithError
-        let resume = state.withLock { s -> UnsafeContinuation<Void, Never>? in
+        let resume = state.guarded { s -> UnsafeContinuation<Void, Never>? in
             s.remaining -= 1
             let satisfied = switch returnWhen {
             case .allCompleted: s.remaining == 0
@@ -171,14 +171,14 @@ final class WaitObserver<Output: Sendable>: FutureObserver {
 
     /// Ends the wait now (its time-out passed or its task was cancelled).
     func stop() {
-        state.withLock { $0.wake() }?.resume()
+        state.guarded { $0.wake() }?.resume()
     }
 
     /// Suspends until the condition holds or `stop()` is called; returns at
     /// once if either happened already.
     func wait() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let resumeNow = state.withLock { s -> Bool in
+            let resumeNow = state.guarded { s -> Bool in
                 if s.woken { return true }
                 s.continuation = continuation
                 return false
@@ -218,7 +218,7 @@ final class CompletionInbox<Output: Sendable>: FutureObserver {
 
     func futureDidFinish(_ future: AnyObject) {
         let future = unsafeDowncast(future, to: TaskFuture<Output>.self)
-        let consumer = state.withLock { s -> UnsafeContinuation<Void, Never>? in
+        let consumer = state.guarded { s -> UnsafeContinuation<Void, Never>? in
             s.ready.append(future)
             s.outstanding -= 1
             defer { s.consumer = nil }
@@ -230,7 +230,7 @@ final class CompletionInbox<Output: Sendable>: FutureObserver {
     /// Wakes the consumer if it is waiting (time-out or cancellation); the
     /// next wait returns at once until `next` has seen it.
     func interrupt() {
-        state.withLock { s -> UnsafeContinuation<Void, Never>? in
+        state.guarded { s -> UnsafeContinuation<Void, Never>? in
             s.interrupted = true
             defer { s.consumer = nil }
             return s.consumer
@@ -250,7 +250,7 @@ final class CompletionInbox<Output: Sendable>: FutureObserver {
     /// The next future if one is ready; `.end` once all were yielded or the
     /// sequence ended; otherwise `.wait`.
     func take() -> Step {
-        state.withLock { s in
+        state.guarded { s in
             if s.ended { return .end }
             if s.readIndex < s.ready.count {
                 let future = s.ready[s.readIndex]!
@@ -274,14 +274,14 @@ final class CompletionInbox<Output: Sendable>: FutureObserver {
     /// Marks the sequence ended (time-out or cancellation): `take()` says
     /// `.end` from now on.
     func end() {
-        state.withLock { $0.ended = true }
+        state.guarded { $0.ended = true }
     }
 
     /// Suspends until a future arrives or `interrupt()` is called (at once if
     /// either happened since the last `take()`).
     func waitForArrival() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let resumeNow = state.withLock { s -> Bool in
+            let resumeNow = state.guarded { s -> Bool in
                 if s.interrupted || s.readIndex < s.ready.count || s.outstanding == 0 { return true }
                 s.consumer = continuation
                 return false
@@ -320,7 +320,7 @@ final class InboxRegistration<Output: Sendable>: Sendable {
 
     /// Unregisters from the futures not done and cancels the timer. Idempotent.
     private func release() {
-        timer.withLock { t -> Task<Void, Never>? in
+        timer.guarded { t -> Task<Void, Never>? in
             defer { t = nil }
             return t
         }?.cancel()
@@ -364,7 +364,7 @@ final class InboxRegistration<Output: Sendable>: Sendable {
     }
 
     private func startTimer(_ deadline: UInt64) {
-        timer.withLock { t in
+        timer.guarded { t in
             guard t == nil else { return }
             let inbox = self.inbox
             t = WaitTimer.start(deadline: deadline) { inbox.interrupt() }

@@ -35,9 +35,9 @@ package enum TaskNames {
 
     package static func name<T: ProcessTask>(of type: T.Type) -> String {
         let key = ObjectIdentifier(type)
-        if let name = cache.withLock({ $0[key] }) { return name }
+        if let name = cache.guarded({ $0[key] }) { return name }
         let name = T.taskName
-        cache.withLock { $0[key] = name }
+        cache.guarded { $0[key] = name }
         return name
     }
 }
