@@ -343,3 +343,5 @@ void cpp_tsan_acquire(const void *addr) {
 void cpp_tsan_release(const void *addr) {
     if (__tsan_release) __tsan_release((void *)addr);
 }
+
+int cpp_tsan_active(void) { return __tsan_acquire != 0; }

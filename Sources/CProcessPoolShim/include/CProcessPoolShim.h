@@ -99,5 +99,7 @@ int cpp_accept_nonblocking(int listener);
 /// released; no-ops otherwise.
 void cpp_tsan_acquire(const void *addr);
 void cpp_tsan_release(const void *addr);
+/// 1 when the ThreadSanitizer runtime is linked.
+int cpp_tsan_active(void);
 
 #endif
