@@ -82,6 +82,7 @@ final class SSHDFixture: @unchecked Sendable {
         options.identityFiles = [clientKey]
         options.useAgent = false
         options.knownHostsFile = knownHosts
+        options.globalKnownHostsFiles = []
         options.configFile = nil
         options.localExecutable = TestEnvironment.workerExecutable
         options.remoteCacheDirectory = cache

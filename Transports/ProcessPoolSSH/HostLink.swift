@@ -27,7 +27,12 @@ final class HostLink: @unchecked Sendable {
     private let options: SSHOptions
     private let logger: Logger
     private let wake: Int32
-    private let inbox = Mutex<(commands: [HostCommand], stopped: Bool)>(([], false))
+    /// Commands from other threads. A pthread mutex (`ConditionLock`), not
+    /// `Synchronization.Mutex`: ThreadSanitizer does not see the latter's
+    /// futex-based locking and reported every access as a race.
+    private let inboxLock = ConditionLock()
+    private var inboxState: (commands: [HostCommand], stopped: Bool) = ([], false)
+    private var inbox: HostInbox { HostInbox(link: self) }
     /// Set once the thread has closed its sessions and ended.
     let stopped = OneShotEvent()
     /// Workers started or being started here (for choosing a host).
@@ -41,6 +46,14 @@ final class HostLink: @unchecked Sendable {
     /// Set when the host's thread could not be started.
     private var threadFailure: String?
 
+    /// `inbox.withLock { ... }` over `inboxState`, under `inboxLock`.
+    fileprivate struct HostInbox {
+        let link: HostLink
+        func withLock<R>(_ body: (inout (commands: [HostCommand], stopped: Bool)) -> R) -> R {
+            link.inboxLock.withLock { body(&link.inboxState) }
+        }
+    }
+
     /// sshd's MaxSessions is 10 per connection: 9 workers and room for a signal.
     private static let channelsPerSession = 9
 
@@ -53,8 +66,10 @@ final class HostLink: @unchecked Sendable {
             try PoolThread.start(name: "ProcessPool ssh") { [self] in run() }
         } catch {
             // No thread: every launch fails at once, naming why.
-            inbox.withLock { $0.stopped = true }
-            threadFailure = "could not start its thread: \(error)"
+            inboxLock.withLock {
+                inboxState.stopped = true
+                threadFailure = "could not start its thread: \(error)"
+            }
             stopped.set()
         }
     }
@@ -85,9 +100,14 @@ final class HostLink: @unchecked Sendable {
 
     // MARK: The thread
 
+    /// Commands that wait until no send is half written on their session
+    /// (launch and signal run libssh2 in blocking mode).
+    private var deferred: [HostCommand] = []
+
     private func run() {
         connectFirst()
         var pollfds: [pollfd] = []
+        var polled: [SSHSession] = []
         while true {
             let commands = inbox.withLock { inbox in
                 let commands = inbox.commands
@@ -96,7 +116,9 @@ final class HostLink: @unchecked Sendable {
             }
             var counter: UInt64 = 0
             _ = Glibc.read(wake, &counter, 8)
-            for command in commands {
+            let retry = deferred
+            deferred = []
+            for command in retry + commands {
                 if case .shutdown = command {
                     stop()
                     stopped.set()
@@ -107,13 +129,25 @@ final class HostLink: @unchecked Sendable {
             pumpAll()
             let timeout = liveness()
             pollfds.removeAll(keepingCapacity: true)
+            polled.removeAll(keepingCapacity: true)
             pollfds.append(pollfd(fd: wake, events: Int16(POLLIN), revents: 0))
             for session in sessions {
-                let live = channels.values.filter { $0.session === session && !$0.finished }
-                var events: Int32 = 0
-                if live.contains(where: \.wantsChannelData) { events |= Int32(POLLIN) } else { session.lastHeard = cpp_monotonic_ns() }
-                if libssh2_session_block_directions(session.handle) & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int32(POLLOUT) }
-                pollfds.append(pollfd(fd: session.socket, events: Int16(events), revents: 0))
+                let members = channels.values.filter { $0.session === session && !$0.finished }
+                    + orphans.filter { $0.session === session && !$0.finished }
+                // A hang-up or error is always reported: it must be seen even
+                // on a session without channels (then nobody reads it).
+                var events: Int32 = 0x2000  // POLLRDHUP
+                if session.hungUp { events = 0 }
+                if session.pendingSend == nil
+                    && (members.contains(where: \.wantsChannelData) || members.contains(where: \.probing)) {
+                    events |= Int32(POLLIN)
+                }
+                if session.pendingSend != nil {
+                    events |= Int32(POLLOUT)
+                }
+                if session.hungUp && events == 0 { continue }
+                pollfds.append(pollfd(fd: session.socket, events: Int16(truncatingIfNeeded: events), revents: 0))
+                polled.append(session)
             }
             for channel in channels.values where !channel.finished {
                 var events: Int32 = 0
@@ -121,11 +155,20 @@ final class HostLink: @unchecked Sendable {
                 if channel.wantsSocketWrite { events |= Int32(POLLOUT) }
                 if events != 0 { pollfds.append(pollfd(fd: channel.socket, events: Int16(events), revents: 0)) }
             }
-            let n = poll(&pollfds, nfds_t(pollfds.count), timeout)
+            let pause = deferred.isEmpty ? timeout : min(timeout, 10)
+            let n = poll(&pollfds, nfds_t(pollfds.count), pause)
             guard n > 0 else { continue }
-            for (index, session) in sessions.enumerated() where pollfds[index + 1].revents & Int16(POLLIN) != 0 {
-                session.lastHeard = cpp_monotonic_ns()
-                session.quickAck()
+            let now = cpp_monotonic_ns()
+            for (index, session) in polled.enumerated() {
+                let revents = Int32(pollfds[index + 1].revents)
+                if revents & Int32(POLLIN) != 0 {
+                    session.lastHeard = now
+                    session.quickAck()
+                }
+                if revents & Int32(0x2000 | POLLHUP | POLLERR) != 0 {
+                    session.lastHeard = now
+                    session.hungUp = true
+                }
             }
         }
     }
@@ -149,7 +192,8 @@ final class HostLink: @unchecked Sendable {
         switch command {
         case .launch(let completion):
             do {
-                completion(.success(try launch()))
+                guard let connection = try launch() else { deferred.append(command); return }
+                completion(.success(connection))
             } catch {
                 load.subtract(1, ordering: .relaxed)
                 completion(.failure(error))
@@ -157,13 +201,12 @@ final class HostLink: @unchecked Sendable {
         case .signal(let id, let signal):
             guard let channel = channels[id], !channel.finished else { return }
             if let pid = channel.pid {
-                do {
-                    let result = try channel.session.run("kill -\(signal) \(pid)", deadline: deadline())
-                    libssh2_session_set_blocking(channel.session.handle, 0)
-                    if result.status == 0 { return }
-                } catch {
-                    libssh2_session_set_blocking(channel.session.handle, 0)
-                }
+                // `kill` runs in blocking mode: wait until nothing is half sent.
+                guard channel.session.pendingSend == nil else { deferred.append(command); return }
+                // The pid is the one our wrapper shell printed before it
+                // exec'd the worker (never read from the worker's protocol).
+                let result = channel.session.runBounded("kill -\(signal) \(pid)", deadline: deadline())
+                if result.status == 0 { return }
             }
             channel.closeRequested = true
         case .released(let id):
@@ -178,12 +221,24 @@ final class HostLink: @unchecked Sendable {
     /// Channels the core let go of before they closed: closed, then dropped.
     private var orphans: [WorkerChannel] = []
 
-    /// Opens an exec channel running the worker and wires it to a socketpair.
-    private func launch() throws -> any WorkerConnection {
+    /// The command an exec channel runs: a POSIX shell that prints its own
+    /// pid on stderr, then runs `script` (`WorkerShipping.launchCommand`:
+    /// checks the executable's SHA-256, then execs it, so the worker keeps
+    /// that pid). Signals go to that pid, which comes from the shell we
+    /// started, never from the worker's protocol.
+    static func workerCommand(script: String) -> String {
+        let inner = "echo \(WorkerChannel.pidMarker)$$ >&2\n" + script
+        return "exec /bin/sh -c \(shellQuote(inner))"
+    }
+
+    /// Opens an exec channel running the worker and wires it to a socketpair;
+    /// nil while the session has a send half written (try again later).
+    private func launch() throws -> (any WorkerConnection)? {
         if let connectError { throw connectError }
         guard let remotePath else { throw SSHError.failed(host: host.label, "no worker executable") }
         let session: SSHSession
-        if let existing = sessions.first(where: { $0.channelCount < HostLink.channelsPerSession }) {
+        if let existing = sessions.first(where: { $0.channelCount < HostLink.channelsPerSession && !$0.hungUp }) {
+            guard existing.pendingSend == nil else { return nil }
             session = existing
         } else {
             session = try SSHSession(host: host, options: options, deadline: deadline())
@@ -192,8 +247,19 @@ final class HostLink: @unchecked Sendable {
         libssh2_session_set_blocking(session.handle, 1)
         session.setTimeout(until: deadline())
         defer { libssh2_session_set_blocking(session.handle, 0) }
-        let command = "exec env \(WorkerEnvironment.variable)=worker:1:stdio:0 \(shellQuote(remotePath))"
-        let handle = try session.startCommand(command)
+        let handle: OpaquePointer
+        do {
+            let script = try WorkerShipping.launchCommand(remotePath: remotePath, options: options,
+                                                          environment: [(WorkerEnvironment.variable, "worker:1:stdio:0")],
+                                                          label: host.label)
+            handle = try session.startCommand(HostLink.workerCommand(script: script))
+        } catch {
+            // A blocking call that timed out may leave a packet half sent.
+            if libssh2_session_last_errno(session.handle) == LIBSSH2_ERROR_TIMEOUT {
+                lose(session, because: "connection to host \(host.label) lost: \(error)")
+            }
+            throw error
+        }
         var fds: [Int32] = [-1, -1]
         guard cpp_socketpair_cloexec(&fds) == 0 else {
             _ = libssh2_channel_free(handle)
@@ -218,38 +284,74 @@ final class HostLink: @unchecked Sendable {
         return connection
     }
 
-    /// Pumps every channel until nothing moves (bounded, to stay responsive).
+    /// Pumps every channel, round robin (each takes at most
+    /// `WorkerChannel.turnBytes` per stream per turn), until nothing moves
+    /// (bounded, to stay responsive). A session with a send half written
+    /// runs only the call that must finish it.
     private func pumpAll() {
         for _ in 0..<64 {
             var progress = false
             for session in sessions {
-                let members = channels.values.filter { $0.session === session } + orphans.filter { $0.session === session }
+                let members = channels.values.filter { $0.session === session }.sorted { $0.connection.id < $1.connection.id }
+                    + orphans.filter { $0.session === session }
+                // Fairness across turns: start after the channel served first last time.
+                let start = members.isEmpty ? 0 : session.turn % members.count
+                session.turn &+= 1
                 do {
-                    for channel in members where try channel.pump() { progress = true }
+                    for index in 0..<members.count where try members[(start + index) % members.count].pump() { progress = true }
                 } catch {
                     lose(session, because: "connection to host \(host.label) lost: \(error.reason)")
                     progress = true
-                    break
+                    continue
                 }
             }
             orphans.removeAll(where: \.finished)
-            if !progress { return }
+            if !progress { break }
+        }
+        // A hung-up connection: what could be read was read; the rest is lost.
+        for session in sessions where session.hungUp {
+            lose(session, because: "connection to host \(host.label) lost: the connection was closed")
         }
     }
 
-    /// Sends keepalives, drops silent hosts; returns the poll timeout (ms).
+    /// Probes silent sessions, drops the ones that stay silent; returns the
+    /// poll timeout (ms). libssh2 sends keepalives with want_reply 0 (no
+    /// replies to pile up) and never tracks replies: a session with channels
+    /// that heard nothing for an interval gets a request the server must
+    /// answer; three silent intervals lose it. A session without channels
+    /// relies on TCP keepalives and hang-up notices.
     private func liveness() -> Int32 {
-        var timeout = Int32(keepaliveNanos / 1_000_000)
+        let interval = keepaliveNanos
+        var timeout = Int32(interval / 1_000_000)
         let now = cpp_monotonic_ns()
         for session in sessions {
+            let members = channels.values.filter { $0.session === session && !$0.finished && !$0.closeRequested }
+            guard !members.isEmpty else {
+                session.lastHeard = now
+                session.probeSince = nil
+                continue
+            }
             let silent = now > session.lastHeard ? now - session.lastHeard : 0
-            if silent > 3 * keepaliveNanos {
+            if silent > 3 * interval {
                 lose(session, because: "connection to host \(host.label) lost: no answer for \(silent / 1_000_000_000) s")
                 continue
             }
-            var next: Int32 = 0
-            _ = libssh2_keepalive_send(session.handle, &next)
-            timeout = min(timeout, max(100, next * 1000))
+            do {
+                if let prober = members.first(where: \.probing) {
+                    // Under way: drive it until the answer came.
+                    try prober.probe()
+                    timeout = min(timeout, 100)
+                } else if silent >= interval && session.pendingSend == nil {
+                    session.probeSince = now
+                    try members.min(by: { $0.connection.id < $1.connection.id })!.probe()
+                    timeout = min(timeout, 100)
+                } else {
+                    timeout = min(timeout, max(10, Int32((interval - min(silent, interval)) / 1_000_000) + 1))
+                }
+            } catch {
+                lose(session, because: "connection to host \(host.label) lost: \(error.reason)")
+                continue
+            }
         }
         return timeout
     }
@@ -265,6 +367,10 @@ final class HostLink: @unchecked Sendable {
 
     private func stop() {
         for session in sessions { lose(session, because: "the pool was closed") }
+        for case .launch(let completion) in deferred {
+            completion(.failure(SSHError.failed(host: host.label, "the pool is closed")))
+        }
+        deferred = []
         inbox.withLock { inbox in
             inbox.stopped = true
             Glibc.close(wake)

@@ -84,8 +84,21 @@ extension SSHSession {
     }
 }
 
+/// A remote path as one shell word. A leading `~/` or `$HOME/` (or the
+/// bare `~`/`$HOME`) stays the remote home: `"$HOME"/'rest'`; the rest,
+/// and every other path, is single-quoted, so spaces, quotes, `$`, `;`
+/// and `=` are taken literally.
+package func remotePathWord(_ path: String) -> String {
+    if path == "~" || path == "$HOME" || path == "${HOME}" { return "\"$HOME\"" }
+    for prefix in ["~/", "$HOME/", "${HOME}/"] where path.hasPrefix(prefix) {
+        let rest = String(path.dropFirst(prefix.count))
+        return rest.isEmpty ? "\"$HOME\"/" : "\"$HOME\"/" + shellQuote(rest)
+    }
+    return shellQuote(path)
+}
+
 /// `text` as one single-quoted shell word.
-func shellQuote(_ text: String) -> String {
+package func shellQuote(_ text: String) -> String {
     "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }
 

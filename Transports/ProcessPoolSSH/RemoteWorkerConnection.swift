@@ -6,13 +6,17 @@ import Synchronization
 /// A worker on a host, as the core sees it: our end of a socketpair whose
 /// other end the host's thread pumps to and from the ssh channel, and an
 /// eventfd that thread signals once the channel has closed.
-final class RemoteWorkerConnection: WorkerConnection {
+final class RemoteWorkerConnection: WorkerConnection, @unchecked Sendable {
     let streamDescriptor: Int32
     let exitDescriptor: Int32
     let label: String
     let id: Int
     private let link: HostLink
-    private let state = Mutex<(exit: WorkerExit?, released: Bool)>((nil, false))
+    /// Shared by the core's threads and the host thread, under `lock` (a
+    /// pthread mutex: ThreadSanitizer does not see `Synchronization.Mutex`).
+    private let lock = ConditionLock()
+    private var exit: WorkerExit?
+    private var released = false
 
     init(id: Int, stream: Int32, exitEvent: Int32, link: HostLink) {
         self.id = id
@@ -22,15 +26,15 @@ final class RemoteWorkerConnection: WorkerConnection {
         self.label = link.host.label
     }
 
-    func collectExit() -> WorkerExit? { state.withLock { $0.exit } }
+    func collectExit() -> WorkerExit? { lock.withLock { exit } }
 
     func terminate() { link.post(.signal(id: id, SIGTERM)) }
     func kill() { link.post(.signal(id: id, SIGKILL)) }
 
     func close() {
-        state.withLock { state in
-            guard !state.released else { return }
-            state.released = true
+        lock.withLock {
+            guard !released else { return }
+            released = true
             closeDescriptor(streamDescriptor)
             closeDescriptor(exitDescriptor)
         }
@@ -39,9 +43,9 @@ final class RemoteWorkerConnection: WorkerConnection {
 
     /// Records how the worker ended and wakes the core (host thread; once).
     func finish(_ exit: WorkerExit) {
-        state.withLock { state in
-            guard state.exit == nil, !state.released else { return }
-            state.exit = exit
+        lock.withLock {
+            guard self.exit == nil, !released else { return }
+            self.exit = exit
             var one: UInt64 = 1
             _ = Glibc.write(exitDescriptor, &one, 8)
         }

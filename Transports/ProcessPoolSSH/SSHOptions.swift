@@ -11,18 +11,32 @@ public struct SSHOptions: Sendable {
     public var passphrase: String?
     /// Try the keys of an ssh-agent reached through `SSH_AUTH_SOCK` (default true).
     public var useAgent: Bool
-    /// The known_hosts file host keys are checked against (default `~/.ssh/known_hosts`).
-    public var knownHostsFile: String
+    /// The user known_hosts file host keys are checked against (default
+    /// `~/.ssh/known_hosts`), before the global `/etc/ssh/ssh_known_hosts`.
+    /// Set here, it wins over the ssh config's `UserKnownHostsFile`.
+    public var knownHostsFile: String { didSet { knownHostsFileGiven = true } }
     /// What to do with unknown and changed host keys (default `.strict`).
-    public var hostKeyPolicy: HostKeyPolicy
+    /// Set here, it wins over the ssh config's `StrictHostKeyChecking`.
+    public var hostKeyPolicy: HostKeyPolicy { didSet { hostKeyPolicyGiven = true } }
+    /// Whether the program set `knownHostsFile` / `hostKeyPolicy` (then the
+    /// ssh config does not override them, as ssh's -o beats its config).
+    var knownHostsFileGiven = false
+    var hostKeyPolicyGiven = false
+    /// The global known_hosts files, read after the user's (tests override it).
+    package var globalKnownHostsFiles: [String] = SSHOptions.defaultGlobalKnownHostsFiles
+    package static let defaultGlobalKnownHostsFiles = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"]
     /// How the worker executable gets to the hosts (default `.upload`).
     public var remoteWorker: RemoteWorker
     /// How long connecting, authenticating and shipping the worker may take per host (default 10 s).
     public var connectTimeout: Duration
     /// Keepalive period (default 5 s); a host silent for three periods is lost.
     public var keepaliveInterval: Duration
-    /// The ssh client configuration read for `Host` blocks with `HostName`,
-    /// `User`, `Port` and `IdentityFile` (default `~/.ssh/config`; nil: none).
+    /// The ssh client configuration (default `~/.ssh/config`; nil: none):
+    /// `Host` blocks, `Include`, `HostName`, `User`, `Port`, `IdentityFile`,
+    /// `IdentitiesOnly`, `IdentityAgent`, `HostKeyAlias`, `UserKnownHostsFile`,
+    /// `GlobalKnownHostsFile`, `StrictHostKeyChecking`. `Match`, `ProxyJump`,
+    /// `ProxyCommand` and other directives that change where or how we would
+    /// connect make connecting fail, naming the file and line.
     public var configFile: String?
     /// The executable `.upload` copies; nil: this program (`/proc/self/exe`).
     /// Its `main` must call `ProcessPoolExecutor.bootstrap` with the pool's tasks.
@@ -30,6 +44,13 @@ public struct SSHOptions: Sendable {
     /// Where `.upload` caches executables on the hosts (a shell word; `~` and
     /// `$HOME` are the remote home). Default `$HOME/.cache/swift-processpool`.
     public var remoteCacheDirectory: String
+    /// The SHA-256 tools looked for on a host, in order: `probe` is the
+    /// command name, `command` reads stdin and prints the hex digest (a
+    /// leading `NAME= ` is stripped). Tests replace it to simulate a host
+    /// without one.
+    package var remoteHashTools: [(probe: String, command: String)] = [
+        ("sha256sum", "sha256sum"), ("shasum", "shasum -a 256"), ("openssl", "openssl dgst -sha256"),
+    ]
 
     /// The defaults described on each property.
     public init() {
@@ -48,14 +69,14 @@ public struct SSHOptions: Sendable {
     }
 
     /// `$HOME`, else the passwd entry's home directory.
-    static var localHome: String {
+    package static var localHome: String {
         if let home = getenv("HOME"), home.pointee != 0 { return String(cString: home) }
         if let entry = getpwuid(getuid()), let dir = entry.pointee.pw_dir { return String(cString: dir) }
         return "/"
     }
 
     /// The local user's login name.
-    static var localUser: String {
+    package static var localUser: String {
         if let entry = getpwuid(getuid()), let name = entry.pointee.pw_name { return String(cString: name) }
         if let user = getenv("USER") { return String(cString: user) }
         return "root"

@@ -12,9 +12,55 @@ final class SSHSession {
     let host: ResolvedHost
     /// Worker channels on this session (sshd allows 10 per connection).
     var channelCount = 0
-    /// When bytes last arrived from the host (monotonic ns).
+    /// When bytes last arrived from the host (monotonic ns): set when poll
+    /// reports the socket readable.
     var lastHeard = cpp_monotonic_ns()
+    /// A liveness probe (a request the server must answer) is under way
+    /// since this time (monotonic ns).
+    var probeSince: UInt64?
+    /// The connection hung up or failed (poll said so); channels drain, then it goes.
+    var hungUp = false
+    /// Which channel is served first in the next pump turn (round robin).
+    var turn = 0
     private var freed = false
+
+    /// A libssh2 call on this session that may send a packet.
+    enum SendOp: Equatable {
+        case write, eof, close, waitClosed, read(Int32), probe, keepalive
+    }
+
+    /// The call whose packet libssh2 1.10 has half written (it returned
+    /// EAGAIN with the socket blocked outbound). Until that same call (same
+    /// owner, same operation, same buffer) is repeated to completion, any
+    /// other send on the session fails with LIBSSH2_ERROR_BAD_USE (-39), and
+    /// reads may send window adjusts: nothing else on the session runs.
+    struct PendingSend: Equatable {
+        var owner: ObjectIdentifier
+        var op: SendOp
+    }
+    private(set) var pendingSend: PendingSend?
+
+    /// Whether `owner` may make call `op` now (nothing else is half sent).
+    func maySend(_ owner: AnyObject, _ op: SendOp) -> Bool {
+        guard let pendingSend else { return true }
+        return pendingSend == PendingSend(owner: ObjectIdentifier(owner), op: op)
+    }
+
+    /// Records the result of a call `maySend` allowed: EAGAIN while blocked
+    /// outbound leaves a half-written packet that only this call may finish.
+    func noteSend(_ owner: AnyObject, _ op: SendOp, _ rc: Int) {
+        let record = PendingSend(owner: ObjectIdentifier(owner), op: op)
+        if rc == Int(LIBSSH2_ERROR_EAGAIN) && libssh2_session_block_directions(handle) & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 {
+            pendingSend = record
+        } else if pendingSend == record {
+            pendingSend = nil
+        }
+    }
+
+    /// Forgets a pending call whose owner went away with the session.
+    func clearPending(of owner: AnyObject) {
+        if pendingSend?.owner == ObjectIdentifier(owner) { pendingSend = nil }
+    }
 
     private static let initialized: Bool = { libssh2_init(0) == 0 }()
 
@@ -57,8 +103,10 @@ final class SSHSession {
     private func setUp(options: SSHOptions, deadline: UInt64) throws {
         libssh2_session_set_blocking(handle, 1)
         setTimeout(until: deadline)
-        let knownHosts = KnownHosts(path: expandTilde(options.knownHostsFile), host: host.address, port: host.port)
-        if options.hostKeyPolicy != .insecureAcceptAny {
+        // known_hosts files, HostKeyAlias and the policy as ssh config and
+        // SSHOptions resolve them for this host.
+        let knownHosts = KnownHosts(host: host, options: options)
+        if knownHosts.policy != .insecureAcceptAny {
             let algorithms = knownHosts.knownAlgorithms(handle)
             if !algorithms.isEmpty {
                 _ = libssh2_session_method_pref(handle, LIBSSH2_METHOD_HOSTKEY, algorithms.joined(separator: ","))
@@ -67,10 +115,58 @@ final class SSHSession {
         guard libssh2_session_handshake(handle, socket) == 0 else {
             throw SSHError.failed(host: host.label, "ssh handshake failed: \(lastError())")
         }
-        try knownHosts.verify(handle, policy: options.hostKeyPolicy, label: host.label)
+        try knownHosts.verify(handle, policy: knownHosts.policy, label: host.label)
         try SSHAuthentication(session: self, options: options).authenticate()
         let seconds = max(1, Int(options.keepaliveInterval.components.seconds))
-        libssh2_keepalive_config(handle, 1, UInt32(seconds))
+        // want_reply 0: libssh2 1.10 never consumes the replies (they pile up
+        // in the session's packet list, libssh2 issue 623). Liveness is ours:
+        // the time of the last bytes received, and a probe that must be answered.
+        libssh2_keepalive_config(handle, 0, UInt32(seconds))
+        // A dead network with no channel to probe: the kernel's keepalives
+        // notice. (Not TCP_USER_TIMEOUT: a slow receiver's zero window
+        // counts against it, and an upload under ThreadSanitizer hit it.)
+        var on: Int32 = 1
+        var idle = Int32(seconds), count: Int32 = 3
+        _ = setsockopt(socket, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &idle, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Whether the socket has room for a small packet right now (a keepalive
+    /// sent then cannot be left half written).
+    func socketWritable() -> Bool {
+        var pfd = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+        return poll(&pfd, 1, 0) == 1 && pfd.revents & Int16(POLLOUT) != 0
+    }
+
+    /// Runs a short `command` in blocking mode (nothing may be half sent),
+    /// keeping at most `limit` bytes of its output; returns its exit status
+    /// (-1 when it could not run). The session is left non-blocking.
+    func runBounded(_ command: String, limit: Int = 4096, deadline: UInt64) -> (status: Int32, output: String) {
+        precondition(pendingSend == nil)
+        libssh2_session_set_blocking(handle, 1)
+        setTimeout(until: deadline)
+        defer { libssh2_session_set_blocking(handle, 0) }
+        guard let channel = try? startCommand(command) else { return (-1, "") }
+        defer { _ = libssh2_channel_free(channel) }
+        _ = libssh2_channel_send_eof(channel)
+        var kept: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        for stream in [Int32(0), SSH_EXTENDED_DATA_STDERR] {
+            while true {
+                let n = chunk.withUnsafeMutableBytes { raw in
+                    libssh2_channel_read_ex(channel, stream, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+                }
+                guard n > 0 else { break }
+                if kept.count < limit { kept += chunk[0..<min(n, limit - kept.count)] }
+                // Past the limit: stop reading; closing the channel ends the rest.
+                if kept.count >= limit { break }
+            }
+        }
+        _ = libssh2_channel_close(channel)
+        _ = libssh2_channel_wait_closed(channel)
+        return (libssh2_channel_get_exit_status(channel), String(decoding: kept, as: UTF8.self))
     }
 
     /// libssh2's last error message.

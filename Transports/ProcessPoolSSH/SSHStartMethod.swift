@@ -29,7 +29,10 @@ struct SSHLauncher: WorkerLauncher {
 
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
         guard !hosts.isEmpty else { throw ProcessPoolError.invalidOption("the ssh start method needs at least one host") }
-        return SSHLaunchSession(links: hosts.map { HostLink(host: ResolvedHost($0, options: options), options: options, logger: pool.logger) })
+        // An ssh config that cannot be honoured (a refused directive, a file
+        // others can write) fails the pool's start, naming the file and line.
+        let resolved = try hosts.map { try ResolvedHost(resolving: $0, options: options) }
+        return SSHLaunchSession(links: resolved.map { HostLink(host: $0, options: options, logger: pool.logger) })
     }
 }
 

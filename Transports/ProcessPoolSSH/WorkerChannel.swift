@@ -12,12 +12,17 @@ struct SessionLost: Error {
 /// One worker's exec channel and the host thread's end of its socketpair:
 /// bytes flow channel -> socket (from the preamble on: a login shell may
 /// print before it) and socket -> channel; stderr goes to the log.
+///
+/// Every libssh2 call that may send goes through the session's pending-send
+/// record (`SSHSession.maySend`/`noteSend`): while another call's packet is
+/// half written, this channel neither reads nor writes.
 final class WorkerChannel {
     let connection: RemoteWorkerConnection
     let session: SSHSession
     let channel: OpaquePointer
     let socket: Int32
     private let logger: Logger
+    private var stderrLog: BoundedLineLog
 
     private var synced = false
     private var junk: [UInt8] = []
@@ -29,18 +34,28 @@ final class WorkerChannel {
     private var sentEOF = false
     private var remoteEnded = false
     private var closeSent = false
-    private var stderrLine: [UInt8] = []
-    /// The first bytes after the preamble, until the hello frame gave the pid.
-    private var helloBytes: [UInt8] = []
-    /// The remote worker's pid (from its hello frame), for signals.
+    /// The pid of the shell that execs the worker, printed by that shell on
+    /// stderr before the exec (`pidMarker`): not taken from the worker.
     private(set) var pid: Int32?
+    /// The pid marker is no longer looked for (found, or stderr went past it).
+    private var pidSettled = false
+    private var pidLine: [UInt8] = []
+    private var pidScanned = 0
     /// The channel has closed and the exit was recorded.
     private(set) var finished = false
     /// Close the channel as soon as possible (signals without a pid, release).
     var closeRequested = false
+    /// A liveness probe on this channel is under way.
+    private(set) var probing = false
 
     private static let bufferSize = 256 * 1024
+    /// Bytes read from one stream of the channel per turn, so that every
+    /// channel of a host gets its turn (round robin in `HostLink.pumpAll`).
+    static let turnBytes = 64 * 1024
     private var buffer = [UInt8](repeating: 0, count: WorkerChannel.bufferSize)
+
+    /// What the shell wrapper prints on stderr before exec'ing the worker.
+    static let pidMarker = "PPOOL-SSH-PID "
 
     init(connection: RemoteWorkerConnection, session: SSHSession, channel: OpaquePointer, socket: Int32, logger: Logger) {
         self.connection = connection
@@ -48,6 +63,7 @@ final class WorkerChannel {
         self.channel = channel
         self.socket = socket
         self.logger = logger
+        self.stderrLog = BoundedLineLog(prefix: "[\(session.host.label)] ") { [logger] line in logger.info("\(line)") }
     }
 
     /// Ready to take bytes from the channel (nothing waits for the core).
@@ -57,19 +73,30 @@ final class WorkerChannel {
     /// Room to read more from the core.
     var wantsSocketRead: Bool { !finished && !coreClosed && toRemoteOffset >= toRemote.count }
 
-    /// Moves what can move without blocking; returns whether anything did.
+    /// Moves what can move without blocking, at most `turnBytes` per stream;
+    /// returns whether anything did.
     func pump() throws(SessionLost) -> Bool {
         guard !finished else { return false }
         var progress = false
+        // A call of ours left half sent: repeat exactly it first.
+        if let pending = session.pendingSend, pending.owner == ObjectIdentifier(self) {
+            progress = try resume(pending.op) || progress
+            if session.pendingSend != nil { return progress }
+        } else if session.pendingSend != nil {
+            return false
+        }
         progress = flushToCore() || progress
         // channel -> core
-        var rounds = 0
-        while toCoreOffset >= toCore.count && rounds < 8 && !remoteEnded {
-            rounds += 1
+        var taken = 0
+        while toCoreOffset >= toCore.count && taken < WorkerChannel.turnBytes && !remoteEnded {
+            guard session.maySend(self, .read(0)) else { return progress }
             let n = read(stream: 0)
+            session.noteSend(self, .read(0), n)
             if n > 0 {
                 progress = true
-                deliver(n)
+                taken += n
+                session.lastHeard = cpp_monotonic_ns()
+                deliver(n, append: false)
                 _ = flushToCore()
             } else if n == 0 || n == Int(LIBSSH2_ERROR_EAGAIN) {
                 break
@@ -78,15 +105,13 @@ final class WorkerChannel {
                 break
             }
         }
+        if session.pendingSend != nil { return progress }
         // stderr -> log
-        while true {
-            let n = read(stream: SSH_EXTENDED_DATA_STDERR)
-            if n > 0 { progress = true; logStderr(n); continue }
-            if n < 0 && n != Int(LIBSSH2_ERROR_EAGAIN) { try check(n) }
-            break
-        }
+        progress = try readStderr() || progress
+        if session.pendingSend != nil { return progress }
         // core -> channel
         progress = try sendToRemote() || progress
+        if session.pendingSend != nil { return progress }
         // ends
         if libssh2_channel_eof(channel) == 1 && toCoreOffset >= toCore.count && !remoteEnded {
             remoteEnded = true
@@ -100,10 +125,75 @@ final class WorkerChannel {
         return progress
     }
 
+    /// Repeats the call whose packet is half written.
+    private func resume(_ op: SSHSession.SendOp) throws(SessionLost) -> Bool {
+        switch op {
+        case .read(let stream):
+            let n = read(stream: stream)
+            session.noteSend(self, op, n)
+            if n > 0 {
+                if stream == 0 { deliver(n, append: true) } else { noteStderr(n) }
+                return true
+            }
+            if n < 0 && n != Int(LIBSSH2_ERROR_EAGAIN) { try check(n) }
+            return n == 0 ? false : session.pendingSend == nil
+        case .write:
+            let n = writeRemote()
+            session.noteSend(self, op, n)
+            if n > 0 { toRemoteOffset += n; return true }
+            if n != 0 && n != Int(LIBSSH2_ERROR_EAGAIN) { try check(n) }
+            return false
+        case .eof:
+            let rc = Int(libssh2_channel_send_eof(channel))
+            session.noteSend(self, op, rc)
+            if rc == 0 { sentEOF = true; return true }
+            if rc != Int(LIBSSH2_ERROR_EAGAIN) { try check(rc) }
+            return false
+        case .close, .waitClosed:
+            return try closeChannel()
+        case .probe:
+            return try probe()
+        case .keepalive:
+            return false
+        }
+    }
+
+    /// A request the server must answer (an `env` request on a running
+    /// channel: sshd replies failure), so that a silent host is told from an
+    /// idle one. Returns whether the answer arrived.
+    @discardableResult
+    func probe() throws(SessionLost) -> Bool {
+        guard !finished, session.maySend(self, .probe) else { return false }
+        probing = true
+        let rc = Int(libssh2_channel_setenv_ex(channel, "PPOOL_PROBE", 11, "1", 1))
+        session.noteSend(self, .probe, rc)
+        if rc == Int(LIBSSH2_ERROR_EAGAIN) { return false }
+        probing = false
+        session.lastHeard = cpp_monotonic_ns()  // an answer, or an error from the connection
+        if rc == 0 || rc == Int(LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED) { return true }
+        try check(rc)
+        return true
+    }
+
     private func read(stream: Int32) -> Int {
         buffer.withUnsafeMutableBytes { raw in
-            libssh2_channel_read_ex(channel, stream, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+            libssh2_channel_read_ex(channel, stream, raw.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                    min(raw.count, WorkerChannel.turnBytes))
         }
+    }
+
+    private func readStderr() throws(SessionLost) -> Bool {
+        var progress = false
+        var taken = 0
+        while taken < WorkerChannel.turnBytes {
+            guard session.maySend(self, .read(SSH_EXTENDED_DATA_STDERR)) else { break }
+            let n = read(stream: SSH_EXTENDED_DATA_STDERR)
+            session.noteSend(self, .read(SSH_EXTENDED_DATA_STDERR), n)
+            if n > 0 { progress = true; taken += n; noteStderr(n); continue }
+            if n < 0 && n != Int(LIBSSH2_ERROR_EAGAIN) { try check(n) }
+            break
+        }
+        return progress
     }
 
     /// Channel-level errors end the channel; anything else, the session.
@@ -118,11 +208,15 @@ final class WorkerChannel {
 
     /// Takes `n` bytes read from the channel: before the preamble they are
     /// scanned (and what precedes it is logged), after it they go to the core.
-    private func deliver(_ n: Int) {
+    private func deliver(_ n: Int, append: Bool) {
         if synced {
-            toCore = Array(buffer[0..<n])
+            if append && toCoreOffset < toCore.count {
+                toCore.removeFirst(toCoreOffset)
+                toCore += buffer[0..<n]
+            } else {
+                toCore = Array(buffer[0..<n])
+            }
             toCoreOffset = 0
-            if pid == nil { noteHello(toCore[...]) }
             return
         }
         junk += buffer[0..<n]
@@ -142,27 +236,6 @@ final class WorkerChannel {
         junk = before
         if !junk.isEmpty { logJunk() }
         synced = true
-        noteHello(toCore[preamble.count...])
-    }
-
-    /// Reads the worker's pid from its hello frame, parsed by the one
-    /// validating `HelloMessage` parser (a pid outside 1...2^22 is refused,
-    /// and then no signal is ever sent by pid), for later signals.
-    private func noteHello(_ bytes: ArraySlice<UInt8>) {
-        guard helloBytes.count < 32 else { return }
-        helloBytes += bytes.prefix(32 - helloBytes.count)
-        guard helloBytes.count >= 5 else { return }
-        let length = Int(helloBytes[0]) | Int(helloBytes[1]) << 8 | Int(helloBytes[2]) << 16 | Int(helloBytes[3]) << 24
-        guard helloBytes[4] == FrameKind.hello.rawValue, length >= 1, length <= 27 else {
-            helloBytes = Array(repeating: 0, count: 32)  // not a hello: never look again
-            return
-        }
-        guard helloBytes.count >= 4 + length else { return }
-        helloBytes.withUnsafeBytes { raw in
-            var reader = ByteReader(UnsafeRawBufferPointer(rebasing: raw[5..<(4 + length)]))
-            pid = (try? HelloMessage(from: &reader))?.pid
-        }
-        helloBytes = Array(repeating: 0, count: 32)
     }
 
     private func flushToCore() -> Bool {
@@ -183,9 +256,18 @@ final class WorkerChannel {
         return progress
     }
 
+    /// One write of what is left of `toRemote` (the same buffer until it is all sent).
+    private func writeRemote() -> Int {
+        toRemote.withUnsafeBytes { raw in
+            libssh2_channel_write_ex(channel, 0, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + toRemoteOffset,
+                                     raw.count - toRemoteOffset)
+        }
+    }
+
     private func sendToRemote() throws(SessionLost) -> Bool {
         var progress = false
-        while !remoteEnded {
+        var sent = 0
+        while !remoteEnded && sent < WorkerChannel.turnBytes {
             if toRemoteOffset >= toRemote.count {
                 guard !coreClosed else { break }
                 let n = buffer.withUnsafeMutableBytes { raw in Glibc.recv(socket, raw.baseAddress!, 65536, 0) }
@@ -201,18 +283,19 @@ final class WorkerChannel {
                     break
                 }
             }
-            let n = toRemote.withUnsafeBytes { raw in
-                libssh2_channel_write_ex(channel, 0, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + toRemoteOffset,
-                                         raw.count - toRemoteOffset)
-            }
-            if n > 0 { toRemoteOffset += n; progress = true; continue }
-            if n == Int(LIBSSH2_ERROR_EAGAIN) { break }
+            guard session.maySend(self, .write) else { return progress }
+            let n = writeRemote()
+            session.noteSend(self, .write, n)
+            if n > 0 { toRemoteOffset += n; sent += n; progress = true; session.lastHeard = cpp_monotonic_ns(); continue }
+            // EAGAIN, or 0 when the channel's window is used up: wait.
+            if n == 0 || n == Int(LIBSSH2_ERROR_EAGAIN) { return progress }
             try check(n)
             break
         }
-        if coreClosed && toRemoteOffset >= toRemote.count && !sentEOF && !remoteEnded {
-            let rc = libssh2_channel_send_eof(channel)
-            if rc == 0 { sentEOF = true; progress = true } else if rc != LIBSSH2_ERROR_EAGAIN { try check(Int(rc)) }
+        if coreClosed && toRemoteOffset >= toRemote.count && !sentEOF && !remoteEnded && session.maySend(self, .eof) {
+            let rc = Int(libssh2_channel_send_eof(channel))
+            session.noteSend(self, .eof, rc)
+            if rc == 0 { sentEOF = true; progress = true } else if rc != Int(LIBSSH2_ERROR_EAGAIN) { try check(rc) }
         }
         return progress
     }
@@ -220,15 +303,20 @@ final class WorkerChannel {
     /// Closes the channel and, once the server confirmed, records the exit.
     private func closeChannel() throws(SessionLost) -> Bool {
         if !closeSent {
-            let rc = libssh2_channel_close(channel)
-            if rc == LIBSSH2_ERROR_EAGAIN { return false }
-            if rc != 0 { try check(Int(rc)) }
+            guard session.maySend(self, .close) else { return false }
+            let rc = Int(libssh2_channel_close(channel))
+            session.noteSend(self, .close, rc)
+            if rc == Int(LIBSSH2_ERROR_EAGAIN) { return false }
+            if rc != 0 { try check(rc) }
             closeSent = true
         }
-        let rc = libssh2_channel_wait_closed(channel)
-        if rc == LIBSSH2_ERROR_EAGAIN { return false }
-        if rc != 0 && rc != LIBSSH2_ERROR_CHANNEL_CLOSED && rc != LIBSSH2_ERROR_INVAL { try check(Int(rc)) }
-        if !stderrLine.isEmpty { logLine(stderrLine); stderrLine = [] }
+        guard session.maySend(self, .waitClosed) else { return false }
+        let rc = Int(libssh2_channel_wait_closed(channel))
+        session.noteSend(self, .waitClosed, rc)
+        if rc == Int(LIBSSH2_ERROR_EAGAIN) { return false }
+        if rc != 0 && rc != Int(LIBSSH2_ERROR_CHANNEL_CLOSED) && rc != Int(LIBSSH2_ERROR_INVAL) { try check(rc) }
+        if !pidSettled && !pidLine.isEmpty { settlePid() }
+        stderrLog.flush()
         finish(exitStatus())
         return true
     }
@@ -249,6 +337,7 @@ final class WorkerChannel {
     func finish(_ exit: WorkerExit) {
         guard !finished else { return }
         finished = true
+        session.clearPending(of: self)
         connection.finish(exit)
         _ = libssh2_channel_free(channel)
         _ = shutdown(socket, Int32(SHUT_RDWR))
@@ -256,28 +345,133 @@ final class WorkerChannel {
         session.channelCount -= 1
     }
 
-    private func logStderr(_ n: Int) {
-        for byte in buffer[0..<n] {
+    /// Stderr bytes: the wrapper's pid line is looked for in the first
+    /// lines (a login shell may print before it), the rest is logged (bounded).
+    private func noteStderr(_ n: Int) {
+        var bytes = buffer[0..<n]
+        while !pidSettled, let byte = bytes.first {
+            bytes = bytes.dropFirst()
+            pidScanned += 1
             if byte == UInt8(ascii: "\n") {
-                logLine(stderrLine)
-                stderrLine = []
+                settlePid()
+                continue
+            }
+            if pidLine.count < 256 { pidLine.append(byte) }
+        }
+        if !bytes.isEmpty { stderrLog.take(bytes) }
+    }
+
+    /// Checks one stderr line for the wrapper's marker (the first marker is
+    /// ours: the shell prints it before it execs the worker).
+    private func settlePid() {
+        let marker = Array(WorkerChannel.pidMarker.utf8)
+        if pidLine.starts(with: marker), let value = Int32(String(decoding: pidLine[marker.count...], as: UTF8.self)),
+           value > 1, value <= 1 << 22 {
+            pid = value
+            pidSettled = true
+        } else {
+            stderrLog.take(pidLine[...])
+            stderrLog.take([UInt8(ascii: "\n")][...])
+            if pidScanned > 16384 { pidSettled = true }
+        }
+        pidLine = []
+    }
+
+    private func logJunk() {
+        stderrLog.take(junk[...])
+        stderrLog.take([UInt8(ascii: "\n")][...])
+        junk = []
+    }
+}
+
+/// A worker's stderr as log lines, bounded: control bytes shown as \xNN,
+/// at most `maxLineBytes` per line, at most `maxLinesPerSecond` lines a
+/// second (then one "…N lines dropped" note).
+package struct BoundedLineLog {
+    let prefix: String
+    let emit: (String) -> Void
+    package static let maxLineBytes = 1024
+    package static let maxLinesPerSecond = 50
+    private var line: [UInt8] = []
+    private var truncated = false
+    private var windowStart: UInt64 = 0
+    private var linesInWindow = 0
+    private(set) var dropped = 0
+
+    package init(prefix: String, emit: @escaping (String) -> Void) {
+        self.prefix = prefix
+        self.emit = emit
+    }
+
+    package mutating func take(_ bytes: ArraySlice<UInt8>) {
+        for byte in bytes {
+            if byte == UInt8(ascii: "\n") {
+                emitLine()
+            } else if line.count < BoundedLineLog.maxLineBytes {
+                line.append(byte)
             } else {
-                stderrLine.append(byte)
-                if stderrLine.count > 8192 { logLine(stderrLine); stderrLine = [] }
+                truncated = true
             }
         }
     }
 
-    private func logLine(_ bytes: [UInt8]) {
-        logger.info("[\(session.host.label)] \(String(decoding: bytes, as: UTF8.self))")
+    package mutating func take(_ text: String) { take(Array(text.utf8)[...]) }
+
+
+    package mutating func flush() {
+        if !line.isEmpty || truncated { emitLine() }
+        noteDropped(force: true)
     }
 
-    private func logJunk() {
-        let text = String(decoding: junk, as: UTF8.self)
-        junk = []
-        for line in text.split(separator: "\n") where !line.isEmpty {
-            logger.info("[\(session.host.label)] \(line)")
+    private mutating func emitLine() {
+        defer { line.removeAll(keepingCapacity: true); truncated = false }
+        let now = cpp_monotonic_ns()
+        if now &- windowStart >= 1_000_000_000 {
+            noteDropped(force: true)
+            windowStart = now
+            linesInWindow = 0
         }
+        guard linesInWindow < BoundedLineLog.maxLinesPerSecond else { dropped += 1; return }
+        linesInWindow += 1
+        emit("\(prefix)\(BoundedLineLog.escape(line))\(truncated ? "…" : "")")
+    }
+
+    private mutating func noteDropped(force: Bool) {
+        guard dropped > 0 else { return }
+        emit("\(prefix)…\(dropped) lines dropped")
+        dropped = 0
+    }
+
+    /// UTF-8 text with control bytes (and invalid bytes) as \xNN.
+    package static func escape(_ bytes: [UInt8]) -> String {
+        var out = ""
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte < 0x20 || byte == 0x7f || byte == UInt8(ascii: "\\") {
+                out += byte == UInt8(ascii: "\\") ? "\\\\" : "\\x" + hex(byte)
+                index += 1
+                continue
+            }
+            if byte < 0x80 { out.unicodeScalars.append(Unicode.Scalar(byte)); index += 1; continue }
+            // A multi-byte sequence: keep it when valid, escape its bytes otherwise.
+            let length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc2 ? 2 : 0
+            if length > 0, index + length <= bytes.count,
+               let text = String(validating: bytes[index..<index + length], as: UTF8.self),
+               text.unicodeScalars.allSatisfy({ $0.value >= 0xa0 }) {
+                out += text
+                index += length
+            } else {
+                out += "\\x" + hex(byte)
+                index += 1
+            }
+        }
+        return out
+    }
+
+    private static func hex(_ byte: UInt8) -> String {
+        let digits = Array("0123456789abcdef")
+        return String(digits[Int(byte >> 4)]) + String(digits[Int(byte & 15)])
     }
 }
 
