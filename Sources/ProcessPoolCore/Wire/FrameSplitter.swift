@@ -146,7 +146,7 @@ package final class FrameSplitter {
     package func shrinkIfIdle() {
         guard available == 0, capacity > 128 * 1024 * 1024 else { return }
         storage.deallocate()
-        capacity = 64 * 1024
+        capacity = Self.smallReadBytes
         storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
         readIndex = 0
         writeIndex = 0

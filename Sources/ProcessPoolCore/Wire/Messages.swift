@@ -11,7 +11,7 @@ private let maxPID: UInt64 = 1 << 22
 
 /// Parent → worker, once, first: the protocol version, the task limit and
 /// the initializer.
-package struct ConfigureMessage: Equatable {
+package struct ConfigureMessage {
     package var version: UInt16
     /// Tasks before the worker retires (0: no limit).
     package var maxTasks: UInt64
@@ -22,11 +22,6 @@ package struct ConfigureMessage: Equatable {
         version = WireProtocol.version
         self.maxTasks = maxTasks
         self.initializer = initializer
-    }
-
-    package static func == (a: Self, b: Self) -> Bool {
-        a.version == b.version && a.maxTasks == b.maxTasks && a.initializer?.name == b.initializer?.name
-            && a.initializer?.payload == b.initializer?.payload
     }
 
     package func write(to frame: inout FrameBuilder) throws {
@@ -61,7 +56,7 @@ package struct ConfigureMessage: Equatable {
 
 /// Worker → parent, right after `configure`: the worker runs the protocol
 /// (its initializer runs next and is reported by `ReadyMessage`).
-package struct HelloMessage: Equatable {
+package struct HelloMessage {
     package var version: UInt16
     /// The worker's pid as it reports it (for labels only: nothing is
     /// signalled through a pid a worker chose).
