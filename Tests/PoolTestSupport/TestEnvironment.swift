@@ -1,5 +1,6 @@
 import Glibc
 import ProcessPool
+import ProcessPoolCore
 
 /// Where the tests find their worker executable and which start methods they run.
 public enum TestEnvironment {
@@ -26,6 +27,12 @@ public enum TestEnvironment {
         .spawn(executable: workerExecutable),
         .forkserver(executable: workerExecutable),
     ]
+
+    /// Bounds how long this process waits at exit for pools still busy (20 s,
+    /// then their workers are killed and named on standard error). A test
+    /// that fails while its pool runs an endless task would otherwise keep
+    /// the test runner from exiting, and CI from ever ending.
+    public static func boundExitWait() { LivePools.exitWaitLimit = .seconds(20) }
 
     /// Start methods that can replace workers (maxTasksPerChild).
     public static let replacingMethods: [StartMethod] = localMethods.filter { $0.name != "fork" }

@@ -234,7 +234,7 @@ private func roundTrip<T: Codable>(_ value: T) throws -> T {
 
 // MARK: - Tests
 
-@Suite("Binary coder", .timeLimit(.minutes(3)))
+@Suite("Binary coder", .boundedExitWait, .timeLimit(.minutes(3)))
 struct BinaryCoderTests {
     @Test func primitivesAtTopLevel() throws {
         #expect(try roundTrip(42) == 42)

@@ -4,7 +4,7 @@ import ProcessPool
 import ProcessPoolCore
 import Testing
 
-@Suite("Broken pool (SEMANTICS D)", .timeLimit(.minutes(3)))
+@Suite("Broken pool (SEMANTICS D)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct BrokenPoolTests {
     @Test("D18/D20: a worker killed mid-task breaks the pool, naming the worker and its end",
           arguments: localMethods, [Die.How.sigkill, .sigsegv, .exit3])

@@ -5,7 +5,7 @@ import Testing
 
 /// The two bulk paths of the wire: `BitwiseCodable` values as memory blocks,
 /// large `[UInt8]` as attachments read straight into their arrays.
-@Suite("Bulk transfer: blocks and attachments", .timeLimit(.minutes(3)))
+@Suite("Bulk transfer: blocks and attachments", .boundedExitWait, .timeLimit(.minutes(3)))
 struct BulkTransferTests {
     // MARK: Blocks
 

@@ -189,7 +189,7 @@ private func expectCrashBreaks<T>(_ future: TaskFuture<T>, _ how: CrashKind, pid
 
 // MARK: - test_deadlock.py
 
-@Suite("CPython port: test_deadlock.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: test_deadlock.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonDeadlockPortTests {
     @Test("test_deadlock test_error_at_task_pickle: a task that cannot be encoded fails its own submit; the pool stays usable",
           arguments: localMethods)
@@ -454,7 +454,7 @@ struct CPythonDeadlockPortTests {
 
 // MARK: - test_shutdown.py
 
-@Suite("CPython port: test_shutdown.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: test_shutdown.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonShutdownPortTests {
     @Test("test_shutdown test_hang_issue12364: 50 tasks, then shutdown; every result arrives (wait: true and wait: false)",
           arguments: localMethods)
@@ -658,7 +658,7 @@ struct CPythonShutdownPortTests {
 
 // MARK: - executor.py
 
-@Suite("CPython port: executor.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: executor.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonExecutorPortTests {
     @Test("executor.py test_map_exception (SEMANTICS 30): the error surfaces at its item, then the sequence ends",
           arguments: localMethods)
@@ -874,7 +874,7 @@ struct CPythonExecutorPortTests {
 
 // MARK: - test_process_pool.py
 
-@Suite("CPython port: test_process_pool.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: test_process_pool.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonProcessPoolPortTests {
     @Test("test_process_pool test_killed_child: a worker terminated from outside breaks the pool", arguments: localMethods)
     func killedChild(method: StartMethod) async throws {
@@ -1132,7 +1132,7 @@ struct CPythonProcessPoolPortTests {
 
 // MARK: - test_wait.py
 
-@Suite("CPython port: test_wait.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: test_wait.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonWaitPortTests {
     @Test("test_wait test_20369: a future listed twice counts once", arguments: localMethods)
     func duplicates20369(method: StartMethod) async throws {
@@ -1266,7 +1266,7 @@ struct CPythonWaitPortTests {
 
 // MARK: - test_as_completed.py
 
-@Suite("CPython port: test_as_completed.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: test_as_completed.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonAsCompletedPortTests {
     @Test("test_as_completed test_no_timeout: every future is yielded", arguments: localMethods)
     func noTimeout(method: StartMethod) async throws {
@@ -1378,7 +1378,7 @@ struct CPythonAsCompletedPortTests {
 
 // MARK: - test_future.py
 
-@Suite("CPython port: test_future.py", .timeLimit(.minutes(3)))
+@Suite("CPython port: test_future.py", .boundedExitWait, .timeLimit(.minutes(3)))
 struct CPythonFuturePortTests {
     @Test("test_future test_done_callback_with_result")
     func doneCallbackWithResult() throws {

@@ -12,7 +12,7 @@ import Testing
 /// finish, so a wait that returns did so because of the cancellation.
 /// `WaitTimer.running` counts every wait's timer in the process, so these
 /// tests run one at a time (and the package's tests run `--no-parallel`).
-@Suite("Waits and Swift cancellation (SEMANTICS 41, 42)", .serialized, .timeLimit(.minutes(3)))
+@Suite("Waits and Swift cancellation (SEMANTICS 41, 42)", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct CancellationAndWaitTests {
     @Test("42: wait(for: []) returns ([], []) at once for every returnWhen")
     func emptyWait() async throws {

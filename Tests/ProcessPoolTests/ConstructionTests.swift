@@ -2,7 +2,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("Construction (SEMANTICS A)", .timeLimit(.minutes(3)))
+@Suite("Construction (SEMANTICS A)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct ConstructionTests {
     @Test("A1: maxWorkers nil is the usable CPU count; <= 0 is refused")
     func maxWorkersDefaults() throws {

@@ -6,7 +6,7 @@ import Testing
 /// The forkserver start method: one server per executable forks every
 /// worker; only this program may use it; its death breaks the pools that
 /// use it and the next pool starts a fresh one.
-@Suite("Forkserver", .serialized, .timeLimit(.minutes(3)))
+@Suite("Forkserver", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct ForkServerTests {
     /// The test worker under a path of this suite's own: one server per
     /// executable path, so killing this suite's server cannot break the

@@ -477,7 +477,7 @@ private struct OnePair: Codable { var a: Int; var b: [Int] }
 
 // MARK: - Tests
 
-@Suite("Decoder bounds: depth, work, bit patterns", .timeLimit(.minutes(3)))
+@Suite("Decoder bounds: depth, work, bit patterns", .boundedExitWait, .timeLimit(.minutes(3)))
 struct HostileDecodingTests {
     // MARK: Work
 

@@ -253,7 +253,7 @@ enum Hostile {
 
 // MARK: - The harness itself
 
-@Suite("Fake worker harness", .timeLimit(.minutes(3)), .serialized)
+@Suite("Fake worker harness", .boundedExitWait, .timeLimit(.minutes(3)), .serialized)
 struct FakeWorkerHarnessTests {
     @Test("a well-behaved fake completes Echo(5), says goodbye on exit and ends cleanly")
     func wellBehaved() async throws {
@@ -296,7 +296,7 @@ struct FakeWorkerHarnessTests {
 
 // MARK: - Hostile workers
 
-@Suite("Hostile workers (SEMANTICS 39)", .timeLimit(.minutes(3)), .serialized)
+@Suite("Hostile workers (SEMANTICS 39)", .boundedExitWait, .timeLimit(.minutes(3)), .serialized)
 struct HostileWorkerTests {
     // MARK: Counts
 

@@ -5,7 +5,7 @@ import ProcessPoolCore
 import ProcessPool
 import Testing
 
-@Suite("Lifecycle edges (SEMANTICS 30, 40, 44)", .timeLimit(.minutes(3)))
+@Suite("Lifecycle edges (SEMANTICS 30, 40, 44)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct LifecycleEdgeTests {
     @Test("40: returning from main with work queued waits for it, dropped pool or not",
           arguments: ["fork", "spawn", "forkserver"])
@@ -172,7 +172,7 @@ final class NSLockLike: @unchecked Sendable {
     }
 }
 
-@Suite("Faults the system injects", .serialized, .timeLimit(.minutes(2)))
+@Suite("Faults the system injects", .boundedExitWait, .serialized, .timeLimit(.minutes(2)))
 struct InjectedFaultTests {
     @Test("a thread the system refuses breaks the pool with the reason; nothing traps or hangs")
     func threadRefused() async throws {
@@ -241,7 +241,7 @@ final class LockHolder: @unchecked Sendable {
     func letGo() { release.set() }
 }
 
-@Suite("fork safety", .serialized, .timeLimit(.minutes(2)))
+@Suite("fork safety", .boundedExitWait, .serialized, .timeLimit(.minutes(2)))
 struct ForkSafetyTests {
     @Test("a forked worker takes no lock of the parent's: a lock held at the fork does not hang it")
     func lockHeldAtFork() async throws {

@@ -3,7 +3,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("map (SEMANTICS F)", .timeLimit(.minutes(3)))
+@Suite("map (SEMANTICS F)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct MapTests {
     @Test("F29: results in input order at every chunk size", arguments: localMethods, [1, 7, 64])
     func orderedResults(method: StartMethod, chunkSize: Int) async throws {

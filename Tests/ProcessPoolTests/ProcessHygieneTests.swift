@@ -6,7 +6,7 @@ import Testing
 /// These run in a helper process (the test worker executable in a helper
 /// mode), so that the other tests' processes and descriptors do not blur
 /// the counts.
-@Suite("Process hygiene (SEMANTICS E27)", .timeLimit(.minutes(3)))
+@Suite("Process hygiene (SEMANTICS E27)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct ProcessHygieneTests {
     @Test("100 pools leave no process, zombie or descriptor behind", arguments: ["fork", "spawn", "forkserver"])
     func hundredPools(method: String) async throws {

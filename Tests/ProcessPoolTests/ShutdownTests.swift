@@ -3,7 +3,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("Shutdown (SEMANTICS E)", .timeLimit(.minutes(3)))
+@Suite("Shutdown (SEMANTICS E)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct ShutdownTests {
     @Test("E22: shutdown(wait: true) finishes all work and every worker exits; idempotent",
           arguments: localMethods)

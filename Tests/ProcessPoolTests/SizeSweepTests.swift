@@ -16,7 +16,7 @@ let sweepSizes: [Int] = [
 /// with a bulk path (the others cost seconds per MiB in a debug build).
 let largeSweepSizes: [Int] = [(4 << 20) + 3, (8 << 20) + 1]
 
-@Suite("Any input, any size (SEMANTICS 37)", .timeLimit(.minutes(5)))
+@Suite("Any input, any size (SEMANTICS 37)", .boundedExitWait, .timeLimit(.minutes(5)))
 struct SizeSweepTests {
     /// Every shape at every size, as argument and as result, each followed
     /// by a small task on the same (only) worker: a stream left out of step
@@ -100,7 +100,7 @@ struct SizeSweepTests {
     }
 }
 
-@Suite("The frame splitter's reads", .timeLimit(.minutes(1)))
+@Suite("The frame splitter's reads", .boundedExitWait, .timeLimit(.minutes(1)))
 struct FrameSplitterReadTests {
     /// A blocking reader that waits for its whole buffer (the worker's, from
     /// 1 MiB) must never be handed more than the stream owes.

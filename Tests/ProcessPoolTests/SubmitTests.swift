@@ -3,7 +3,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("submit and futures (SEMANTICS C)", .timeLimit(.minutes(3)))
+@Suite("submit and futures (SEMANTICS C)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct SubmitTests {
     @Test("submit returns results; async value and blocking result agree", arguments: localMethods)
     func submitAndResult(method: StartMethod) async throws {

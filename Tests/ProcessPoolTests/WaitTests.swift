@@ -3,7 +3,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("wait and asCompleted (SEMANTICS G)", .timeLimit(.minutes(3)))
+@Suite("wait and asCompleted (SEMANTICS G)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct WaitTests {
     @Test("G33: wait returns on first completed, first exception, all completed; timeouts split",
           arguments: localMethods)

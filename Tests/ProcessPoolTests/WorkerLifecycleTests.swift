@@ -3,7 +3,7 @@ import PoolTestSupport
 import ProcessPool
 import Testing
 
-@Suite("Workers (SEMANTICS B)", .timeLimit(.minutes(3)))
+@Suite("Workers (SEMANTICS B)", .boundedExitWait, .timeLimit(.minutes(3)))
 struct WorkerLifecycleTests {
     @Test("B5: fork starts every worker at the first submit")
     func forkStartsAllAtOnce() async throws {

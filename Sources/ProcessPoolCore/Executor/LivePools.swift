@@ -10,7 +10,11 @@ import Synchronization
 /// and its workers have exited. Pools stopped with `terminateWorkers()`/
 /// `killWorkers()`, or shut down with `cancelFutures: true`, have no
 /// pending work left, so only what is running is waited for.
-enum LivePools {
+///
+/// ``exitWaitLimit`` bounds that wait (no bound by default, as in CPython):
+/// a test runner sets it so that a test that failed while a task of its pool
+/// was stuck cannot keep the whole run from ending.
+package enum LivePools {
     private struct Entry {
         weak var core: PoolCore?
     }
@@ -21,6 +25,15 @@ enum LivePools {
     /// must not wait for its parent's pools (nor take the table's lock,
     /// which another parent thread may have held at the fork).
     nonisolated(unsafe) private static var owner: pid_t = 0
+
+    /// How long the exit handler waits for live pools before it kills their
+    /// workers and names them on standard error; `nil` waits for as long as
+    /// their work takes.
+    package static var exitWaitLimit: Duration? {
+        get { limit.guarded { $0 } }
+        set { limit.guarded { $0 = newValue } }
+    }
+    private static let limit = Mutex<Duration?>(nil)
 
     static func add(_ core: PoolCore) {
         let register = state.guarded { state -> Bool in
@@ -42,6 +55,25 @@ enum LivePools {
     private static func waitForAll() {
         guard getpid() == owner else { return }
         let cores = state.guarded { $0.pools.values.compactMap(\.core) }
-        for core in cores { core.shutdown(wait: true, cancelFutures: false) }
+        guard let limit = exitWaitLimit else {
+            for core in cores { core.shutdown(wait: true, cancelFutures: false) }
+            return
+        }
+        let deadline = MonotonicClock.now() &+ UInt64(max(0, limit.components.seconds)) * 1_000_000_000
+        for core in cores { core.shutdown(wait: false, cancelFutures: false) }
+        var stuck: [PoolCore] = []
+        for core in cores where !core.finished.wait(untilNanos: deadline) { stuck.append(core) }
+        guard !stuck.isEmpty else { return }
+        let names = stuck.map { "a \($0.launcher.name) pool (\($0.liveWorkerCount) live workers)" }.joined(separator: "; ")
+        let message = "ProcessPool: at exit, \(stuck.count) pool(s) still had work after \(limit): "
+            + "their workers are killed: \(names)\n"
+        var bytes = Array(message.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            if n <= 0 && errno != EINTR { break }
+            if n > 0 { bytes = bytes.dropFirst(n) }
+        }
+        for core in stuck { core.stopWorkers(force: true) }
+        for core in stuck { core.finished.wait(untilNanos: MonotonicClock.now() &+ 5_000_000_000) }
     }
 }
