@@ -195,10 +195,17 @@ struct InjectedFaultTests {
 
     @Test("a failed write stops the worker; its future fails naming it instead of hanging")
     func failedWrite() async throws {
+        // The fake stops reading before it answers, so the parent's next
+        // write fails whatever the timing. (Stopping after the answer raced
+        // with the parent: when the 16 MiB write filled the socket first, it
+        // waited for room that never came, as it would for a live worker that
+        // stopped reading; on a loaded machine the test then timed out, and its
+        // busy pool kept the test runner from exiting.)
         let launcher = FakeLauncher { w in
             try w.handshake()
-            try w.answerEcho(try w.readRun())
+            let run = try w.readRun()
             w.shutdownReading()
+            try w.answerEcho(run)
             try w.stallUntilKilled()
         }
         let pool = try Hostile.makeFakePool(launcher)
