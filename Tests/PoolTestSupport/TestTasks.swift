@@ -135,6 +135,15 @@ public struct Noisy: ProcessTask {
     }
 }
 
+/// Writes lines to stderr without end (until the worker is killed).
+public struct StderrForever: ProcessTask {
+    public init() {}
+    public func run() -> Int {
+        let line = Array("chatter on stderr until killed\n".utf8)
+        while true { _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) } }
+    }
+}
+
 /// Writes garbage straight into the worker's protocol stream.
 public struct CorruptStream: ProcessTask {
     public init() {}
@@ -294,7 +303,7 @@ public struct NotRegistered: ProcessTask {
 /// Everything the tests run, in the test process and in the worker executable.
 public let testRegistry = TaskRegistry(
     tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
-            WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, CorruptStream.self,
+            WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, StderrForever.self, CorruptStream.self,
             SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self,
             BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self, KeepBytes.self,
             EchoPayload.self, MakePayload.self, TouchFile.self, MaybeUnencodable.self, MakeBox.self] + cpythonPortTaskTypes,

@@ -5,7 +5,7 @@ import ProcessPoolSSH
 import Testing
 
 /// ssh-agent authentication and ~/.ssh/config resolution, against a real sshd.
-@Suite("ssh agent and config", .serialized, .timeLimit(.minutes(3)))
+@Suite("ssh agent and config", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct SSHAuthAndConfigTests {
     @Test("a Host alias in the ssh config supplies HostName, Port, User and IdentityFile")
     func configAlias() async throws {

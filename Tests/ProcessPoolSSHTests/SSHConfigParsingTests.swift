@@ -4,7 +4,7 @@ import ProcessPoolSSH
 import Testing
 
 /// ssh config parsing and resolution (readconf.c's rules), without a server.
-@Suite("ssh config parsing")
+@Suite("ssh config parsing", .boundedExitWait)
 struct SSHConfigParsingTests {
     /// A config file (mode 600) in a fresh directory; returns its path.
     func configFile(_ text: String, name: String = "config", mode: mode_t = 0o600) throws -> String {

@@ -6,7 +6,7 @@ import Testing
 
 /// Key types and their errors, and a host with more workers than one
 /// session's channels, against a real sshd.
-@Suite("ssh keys and sessions", .serialized, .timeLimit(.minutes(3)))
+@Suite("ssh keys and sessions", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct SSHKeyKindsTests {
     /// Makes a key of `type` in the fixture's directory and authorizes it.
     func authorizedKey(_ server: SSHDFixture, type: String, bits: String? = nil, passphrase: String = "") throws -> String {

@@ -7,7 +7,7 @@ import Testing
 
 /// The host thread's link: half-written sends, dead idle connections,
 /// fairness and bounded logs, liveness, slow links.
-@Suite("ssh link", .serialized, .timeLimit(.minutes(3)))
+@Suite("ssh link", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct SSHLinkTests {
     /// 8 MiB of bytes, distinct per worker.
     static func payload(_ seed: Int) -> [UInt8] {

@@ -5,7 +5,7 @@ import ProcessPoolSSH
 import Testing
 
 /// The ssh start method against real `sshd`s on loopback.
-@Suite("ssh start method", .serialized, .timeLimit(.minutes(3)))
+@Suite("ssh start method", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct SSHPoolTests {
     /// Runs `body` with a fresh sshd (skipped when sshd is missing).
     @Test("submit, map and errors over ssh")

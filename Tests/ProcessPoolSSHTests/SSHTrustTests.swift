@@ -59,7 +59,7 @@ private func line(_ hosts: String, _ key: [UInt8], type: String = "ssh-ed25519",
 
 // MARK: Unit tests
 
-@Suite("ssh trust: quoting, cache, known_hosts, auth order")
+@Suite("ssh trust: quoting, cache, known_hosts, auth order", .boundedExitWait)
 struct SSHTrustUnitTests {
     @Test("remote paths are single-quoted; a leading ~/ or $HOME/ stays the remote home")
     func pathWords() throws {
@@ -318,7 +318,7 @@ struct SSHTrustUnitTests {
 
 // MARK: End to end
 
-@Suite("ssh trust against sshd", .serialized, .timeLimit(.minutes(3)))
+@Suite("ssh trust against sshd", .boundedExitWait, .serialized, .timeLimit(.minutes(3)))
 struct SSHTrustEndToEndTests {
     // (A `=` in the path is covered by launchPathWithEquals: HostLink's own
     // `exec env` line still reads such a path as an assignment.)

@@ -61,6 +61,13 @@ func expectBroken(_ body: () async throws -> Void, sourceLocation: SourceLocatio
     return nil
 }
 
+/// Seconds on the monotonic clock.
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
 /// A helper process started from the test worker executable, its stdout on a pipe.
 ///
 /// Not Foundation's `Process`: that parks two of Dispatch's threads for good,
@@ -69,12 +76,23 @@ struct HelperProcess {
     let pid: pid_t
     let output: Int32
 
-    /// Reads stdout until a line starts with `prefix` (nil at EOF).
-    func readLine(prefix: String) -> String? {
+    /// Reads stdout until a line starts with `prefix`; nil at EOF, or when
+    /// `seconds` pass first (the helper hangs: it is killed and the hang
+    /// recorded, so the test fails instead of blocking the runner).
+    func readLine(prefix: String, within seconds: Double = 60,
+                  sourceLocation: SourceLocation = #_sourceLocation) -> String? {
+        let deadline = monotonicSeconds() + seconds
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
+            var ready = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
+            let left = Int32(max(0, (deadline - monotonicSeconds()) * 1000))
+            if poll(&ready, 1, left) == 0 {
+                killAfterHang("no line starting with \(prefix) within \(seconds) s", sourceLocation)
+                return nil
+            }
             let n = read(output, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
             if n <= 0 { return nil }
             buffer += chunk[0..<n]
             let text = String(decoding: buffer, as: UTF8.self)
@@ -84,13 +102,39 @@ struct HelperProcess {
         }
     }
 
-    /// Waits for the helper to exit and returns its status (exit code, or 128 + signal).
-    func waitForExit() -> Int32 {
+    /// Waits for the helper to exit and returns its status (exit code, or
+    /// 128 + signal); nil if it did not exit within `seconds` (it is killed
+    /// and the hang recorded).
+    func waitForExit(within seconds: Double = 60, sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
+        defer { close(output) }
+        let deadline = monotonicSeconds() + seconds
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        close(output)
+        while true {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid { break }
+            if reaped < 0 && errno != EINTR { return nil }
+            if monotonicSeconds() > deadline {
+                killAfterHang("it did not exit within \(seconds) s", sourceLocation)
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                return nil
+            }
+            usleep(2000)
+        }
         let signal = status & 0x7f
         return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+    }
+
+    /// Records that the helper hung, with the state of its threads, and kills it.
+    private func killAfterHang(_ what: String, _ sourceLocation: SourceLocation) {
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let states = threads.sorted().map { tid in
+            let wchan = (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/wchan", encoding: .utf8)) ?? "?"
+            let name = (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/comm", encoding: .utf8)) ?? "?"
+            return "\(name.trimmingCharacters(in: .whitespacesAndNewlines)) in \(wchan)"
+        }
+        Issue.record("helper \(pid) hangs: \(what); its threads: \(states.joined(separator: ", "))",
+                     sourceLocation: sourceLocation)
+        kill(pid, SIGKILL)
     }
 }
 

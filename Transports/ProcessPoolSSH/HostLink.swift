@@ -27,12 +27,17 @@ final class HostLink: @unchecked Sendable {
     private let options: SSHOptions
     private let logger: Logger
     private let wake: Int32
-    /// Commands from other threads. A pthread mutex (`ConditionLock`), not
-    /// `Synchronization.Mutex`: ThreadSanitizer does not see the latter's
-    /// futex-based locking and reported every access as a race.
-    private let inboxLock = ConditionLock()
-    private var inboxState: (commands: [HostCommand], stopped: Bool) = ([], false)
-    private var inbox: HostInbox { HostInbox(link: self) }
+    /// What other threads hand the host thread. Nobody blocks on it (the
+    /// thread waits in poll, woken through `wake`), so a plain `Mutex`
+    /// through `guarded` (announced to ThreadSanitizer) is enough.
+    private struct Inbox {
+        var commands: [HostCommand] = []
+        /// The thread ended (or never started): commands are refused.
+        var stopped = false
+        /// Set when the host's thread could not be started.
+        var threadFailure: String?
+    }
+    private let inbox = Mutex(Inbox())
     /// Set once the thread has closed its sessions and ended.
     let stopped = OneShotEvent()
     /// Workers started or being started here (for choosing a host).
@@ -43,16 +48,6 @@ final class HostLink: @unchecked Sendable {
     private var channels: [Int: WorkerChannel] = [:]
     private var remotePath: String?
     private var connectError: SSHError?
-    /// Set when the host's thread could not be started.
-    private var threadFailure: String?
-
-    /// `inbox.withLock { ... }` over `inboxState`, under `inboxLock`.
-    fileprivate struct HostInbox {
-        let link: HostLink
-        func withLock<R>(_ body: (inout (commands: [HostCommand], stopped: Bool)) -> R) -> R {
-            link.inboxLock.withLock { body(&link.inboxState) }
-        }
-    }
 
     /// sshd's MaxSessions is 10 per connection: 9 workers and room for a signal.
     private static let channelsPerSession = 9
@@ -66,9 +61,10 @@ final class HostLink: @unchecked Sendable {
             try PoolThread.start(name: "ProcessPool ssh") { [self] in run() }
         } catch {
             // No thread: every launch fails at once, naming why.
-            inboxLock.withLock {
-                inboxState.stopped = true
-                threadFailure = "could not start its thread: \(error)"
+            let failure = "could not start its thread: \(error)"
+            inbox.guarded { inbox in
+                inbox.stopped = true
+                inbox.threadFailure = failure
             }
             stopped.set()
         }
@@ -76,22 +72,23 @@ final class HostLink: @unchecked Sendable {
 
     /// Queues a command and wakes the thread (ignored once it stopped).
     func post(_ command: HostCommand) {
-        inbox.withLock { inbox in
-            guard !inbox.stopped else {
-                if case .launch(let completion) = command {
-                    completion(.failure(SSHError.failed(host: host.label, threadFailure ?? "the pool is closed")))
-                }
-                return
-            }
+        let wake = wake
+        // Under the lock: `stop()` closes `wake` under it.
+        let refused: String? = inbox.guarded { inbox in
+            guard !inbox.stopped else { return inbox.threadFailure ?? "the pool is closed" }
             inbox.commands.append(command)
             var one: UInt64 = 1
-            _ = Glibc.write(wake, &one, 8)
+            _ = withUnsafeBytes(of: &one) { Syscall.write(wake, $0) }
+            return nil
+        }
+        if let refused, case .launch(let completion) = command {
+            completion(.failure(SSHError.failed(host: host.label, refused)))
         }
     }
 
+    /// `connectTimeout` from now (monotonic ns).
     private func deadline() -> UInt64 {
-        cpp_monotonic_ns() &+ UInt64(max(0, options.connectTimeout.components.seconds)) * 1_000_000_000
-            &+ UInt64(max(0, options.connectTimeout.components.attoseconds / 1_000_000_000))
+        cpp_monotonic_ns() &+ options.connectTimeoutNanos
     }
 
     private var keepaliveNanos: UInt64 {
@@ -109,13 +106,13 @@ final class HostLink: @unchecked Sendable {
         var pollfds: [pollfd] = []
         var polled: [SSHSession] = []
         while true {
-            let commands = inbox.withLock { inbox in
+            let commands = inbox.guarded { inbox in
                 let commands = inbox.commands
                 inbox.commands = []
                 return commands
             }
             var counter: UInt64 = 0
-            _ = Glibc.read(wake, &counter, 8)
+            _ = withUnsafeMutableBytes(of: &counter) { Syscall.read(wake, into: $0) }
             let retry = deferred
             deferred = []
             for command in retry + commands {
@@ -126,7 +123,7 @@ final class HostLink: @unchecked Sendable {
                 }
                 handle(command)
             }
-            pumpAll()
+            let unfinished = pumpAll()
             let timeout = liveness()
             pollfds.removeAll(keepingCapacity: true)
             polled.removeAll(keepingCapacity: true)
@@ -155,8 +152,11 @@ final class HostLink: @unchecked Sendable {
                 if channel.wantsSocketWrite { events |= Int32(POLLOUT) }
                 if events != 0 { pollfds.append(pollfd(fd: channel.socket, events: Int16(events), revents: 0)) }
             }
-            let pause = deferred.isEmpty ? timeout : min(timeout, 10)
-            let n = poll(&pollfds, nfds_t(pollfds.count), pause)
+            // Turns left unfinished: libssh2 may hold bytes it already took
+            // from the socket (no POLLIN for them; a channel whose window it
+            // has not yet reopened gets no more): look again at once.
+            let pause = unfinished ? 0 : deferred.isEmpty ? timeout : min(timeout, 10)
+            let n = Syscall.poll(&pollfds, timeoutMilliseconds: pause)
             guard n > 0 else { continue }
             let now = cpp_monotonic_ns()
             for (index, session) in polled.enumerated() {
@@ -173,12 +173,13 @@ final class HostLink: @unchecked Sendable {
         }
     }
 
-    /// The first session, and the worker executable shipped over it.
+    /// The first session, and the worker executable shipped over it:
+    /// connecting (with handshake and authentication) and each set-up
+    /// command within `connectTimeout`; the upload as long as it moves.
     private func connectFirst() {
-        let until = deadline()
         do {
-            let session = try SSHSession(host: host, options: options, deadline: until)
-            remotePath = try WorkerShipping.remoteExecutable(on: session, options: options, deadline: until)
+            let session = try SSHSession(host: host, options: options, deadline: deadline())
+            remotePath = try WorkerShipping.remoteExecutable(on: session, options: options, logger: logger)
             libssh2_session_set_blocking(session.handle, 0)
             sessions.append(session)
         } catch let error as SSHError {
@@ -287,9 +288,11 @@ final class HostLink: @unchecked Sendable {
     /// Pumps every channel, round robin (each takes at most
     /// `WorkerChannel.turnBytes` per stream per turn), until nothing moves
     /// (bounded, to stay responsive). A session with a send half written
-    /// runs only the call that must finish it.
-    private func pumpAll() {
-        for _ in 0..<64 {
+    /// runs only the call that must finish it. Returns whether it stopped
+    /// at its bound with bytes still moving.
+    private func pumpAll() -> Bool {
+        var unfinished = false
+        for turn in 0..<64 {
             var progress = false
             for session in sessions {
                 let members = channels.values.filter { $0.session === session }.sorted { $0.connection.id < $1.connection.id }
@@ -306,19 +309,26 @@ final class HostLink: @unchecked Sendable {
                 }
             }
             orphans.removeAll(where: \.finished)
-            if !progress { break }
+            // Nothing moved, but a read may have left another channel's
+            // bytes inside libssh2 (no poll would show them): one more turn.
+            if !progress && !channels.values.contains(where: \.hasBufferedInput) && !orphans.contains(where: \.hasBufferedInput) {
+                break
+            }
+            if turn == 63 { unfinished = true }
         }
         // A hung-up connection: what could be read was read; the rest is lost.
         for session in sessions where session.hungUp {
             lose(session, because: "connection to host \(host.label) lost: the connection was closed")
         }
+        return unfinished
     }
 
     /// Probes silent sessions, drops the ones that stay silent; returns the
-    /// poll timeout (ms). libssh2 sends keepalives with want_reply 0 (no
-    /// replies to pile up) and never tracks replies: a session with channels
-    /// that heard nothing for an interval gets a request the server must
-    /// answer; three silent intervals lose it. A session without channels
+    /// poll timeout (ms). libssh2's keepalives (want_reply 0, so no replies
+    /// pile up; sent only from its blocking waits) prove nothing: a session
+    /// with channels that heard nothing for an interval gets a request the
+    /// server must answer (the probe, which is also the idle session's
+    /// traffic); three silent intervals lose it. A session without channels
     /// relies on TCP keepalives and hang-up notices.
     private func liveness() -> Int32 {
         let interval = keepaliveNanos
@@ -371,13 +381,16 @@ final class HostLink: @unchecked Sendable {
             completion(.failure(SSHError.failed(host: host.label, "the pool is closed")))
         }
         deferred = []
-        inbox.withLock { inbox in
+        let wake = wake
+        let left = inbox.guarded { inbox in
             inbox.stopped = true
             Glibc.close(wake)
-            for case .launch(let completion) in inbox.commands {
-                completion(.failure(SSHError.failed(host: host.label, "the pool is closed")))
-            }
+            let left = inbox.commands
             inbox.commands = []
+            return left
+        }
+        for case .launch(let completion) in left {
+            completion(.failure(SSHError.failed(host: host.label, "the pool is closed")))
         }
     }
 }

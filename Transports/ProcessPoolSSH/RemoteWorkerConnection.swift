@@ -12,11 +12,13 @@ final class RemoteWorkerConnection: WorkerConnection, @unchecked Sendable {
     let label: String
     let id: Int
     private let link: HostLink
-    /// Shared by the core's threads and the host thread, under `lock` (a
-    /// pthread mutex: ThreadSanitizer does not see `Synchronization.Mutex`).
-    private let lock = ConditionLock()
-    private var exit: WorkerExit?
-    private var released = false
+    /// Shared by the core's threads and the host thread. Nobody waits on
+    /// it, so a `Mutex` through `guarded` (announced to ThreadSanitizer).
+    private struct State {
+        var exit: WorkerExit?
+        var released = false
+    }
+    private let state = Mutex(State())
 
     init(id: Int, stream: Int32, exitEvent: Int32, link: HostLink) {
         self.id = id
@@ -26,28 +28,32 @@ final class RemoteWorkerConnection: WorkerConnection, @unchecked Sendable {
         self.label = link.host.label
     }
 
-    func collectExit() -> WorkerExit? { lock.withLock { exit } }
+    func collectExit() -> WorkerExit? { state.guarded { $0.exit } }
 
     func terminate() { link.post(.signal(id: id, SIGTERM)) }
     func kill() { link.post(.signal(id: id, SIGKILL)) }
 
     func close() {
-        lock.withLock {
-            guard !released else { return }
-            released = true
-            closeDescriptor(streamDescriptor)
-            closeDescriptor(exitDescriptor)
+        let (stream, exitEvent) = (streamDescriptor, exitDescriptor)
+        // The descriptors close under the lock: `finish` writes the exit
+        // event under it, never to a closed (perhaps reused) descriptor.
+        state.guarded { state in
+            guard !state.released else { return }
+            state.released = true
+            closeDescriptor(stream)
+            closeDescriptor(exitEvent)
         }
         link.post(.released(id: id))
     }
 
     /// Records how the worker ended and wakes the core (host thread; once).
     func finish(_ exit: WorkerExit) {
-        lock.withLock {
-            guard self.exit == nil, !released else { return }
-            self.exit = exit
+        let exitEvent = exitDescriptor
+        state.guarded { state in
+            guard state.exit == nil, !state.released else { return }
+            state.exit = exit
             var one: UInt64 = 1
-            _ = Glibc.write(exitDescriptor, &one, 8)
+            _ = withUnsafeBytes(of: &one) { Syscall.write(exitEvent, $0) }
         }
     }
 }

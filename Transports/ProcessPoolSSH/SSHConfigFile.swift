@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import ProcessPoolCore
 
 /// An OpenSSH client configuration (readconf.c's rules), as far as the
 /// `ssh` start method goes:
@@ -374,9 +375,10 @@ func readFileBytes(_ path: String) -> [UInt8]? {
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
-        let n = read(fd, &chunk, chunk.count)
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return n == 0 ? bytes : nil }
-        bytes += chunk[0..<n]
+        switch chunk.withUnsafeMutableBytes({ Syscall.read(fd, into: $0) }) {
+        case .bytes(let n): bytes += chunk[0..<n]
+        case .endOfStream: return bytes
+        case .wouldBlock, .failed: return nil
+        }
     }
 }

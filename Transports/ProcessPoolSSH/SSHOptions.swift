@@ -27,7 +27,10 @@ public struct SSHOptions: Sendable {
     package static let defaultGlobalKnownHostsFiles = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"]
     /// How the worker executable gets to the hosts (default `.upload`).
     public var remoteWorker: RemoteWorker
-    /// How long connecting, authenticating and shipping the worker may take per host (default 10 s).
+    /// The limit for each step of reaching a host (default 10 s): connecting
+    /// with its handshake and authentication; each set-up command. Shipping
+    /// the worker is bounded by progress instead: it fails only when no byte
+    /// moved for this long, so a big executable on a slow link still gets there.
     public var connectTimeout: Duration
     /// Keepalive period (default 5 s); a host silent for three periods is lost.
     public var keepaliveInterval: Duration
@@ -66,6 +69,12 @@ public struct SSHOptions: Sendable {
         configFile = home + "/.ssh/config"
         localExecutable = nil
         remoteCacheDirectory = "$HOME/.cache/swift-processpool"
+    }
+
+    /// `connectTimeout` in nanoseconds (at least 1 ms).
+    var connectTimeoutNanos: UInt64 {
+        let (seconds, attoseconds) = connectTimeout.components
+        return max(1_000_000, UInt64(max(0, seconds)) &* 1_000_000_000 &+ UInt64(max(0, attoseconds / 1_000_000_000)))
     }
 
     /// `$HOME`, else the passwd entry's home directory.

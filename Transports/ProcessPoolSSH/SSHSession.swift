@@ -26,7 +26,7 @@ final class SSHSession {
 
     /// A libssh2 call on this session that may send a packet.
     enum SendOp: Equatable {
-        case write, eof, close, waitClosed, read(Int32), probe, keepalive
+        case write, eof, close, waitClosed, read(Int32), probe
     }
 
     /// The call whose packet libssh2 1.10 has half written (it returned
@@ -119,8 +119,10 @@ final class SSHSession {
         try SSHAuthentication(session: self, options: options).authenticate()
         let seconds = max(1, Int(options.keepaliveInterval.components.seconds))
         // want_reply 0: libssh2 1.10 never consumes the replies (they pile up
-        // in the session's packet list, libssh2 issue 623). Liveness is ours:
-        // the time of the last bytes received, and a probe that must be answered.
+        // in the session's packet list, libssh2 issue 623). libssh2 sends
+        // these only while it waits in blocking mode (set-up, launches,
+        // signals); the non-blocking pump sends none. Liveness is ours: the
+        // time of the last bytes received, and a probe that must be answered.
         libssh2_keepalive_config(handle, 0, UInt32(seconds))
         // A dead network with no channel to probe: the kernel's keepalives
         // notice. (Not TCP_USER_TIMEOUT: a slow receiver's zero window
@@ -131,13 +133,6 @@ final class SSHSession {
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, socklen_t(MemoryLayout<Int32>.size))
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &idle, socklen_t(MemoryLayout<Int32>.size))
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, socklen_t(MemoryLayout<Int32>.size))
-    }
-
-    /// Whether the socket has room for a small packet right now (a keepalive
-    /// sent then cannot be left half written).
-    func socketWritable() -> Bool {
-        var pfd = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
-        return poll(&pfd, 1, 0) == 1 && pfd.revents & Int16(POLLOUT) != 0
     }
 
     /// Runs a short `command` in blocking mode (nothing may be half sent),
@@ -207,10 +202,10 @@ final class SSHSession {
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
             if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 { return fd }
             guard errno == EINPROGRESS else { lastError = SystemErrorText(); Glibc.close(fd); continue }
-            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var fds = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)]
             let now = cpp_monotonic_ns()
             let ms = deadline > now ? Int32(min((deadline - now) / 1_000_000, 1 << 30)) : 0
-            let n = poll(&pfd, 1, ms)
+            let n = Syscall.poll(&fds, timeoutMilliseconds: ms)
             if n == 0 { Glibc.close(fd); lastError = "connection timed out"; continue }
             var soError: Int32 = 0
             var len = socklen_t(MemoryLayout<Int32>.size)

@@ -70,6 +70,14 @@ final class WorkerChannel {
     var wantsChannelData: Bool { !finished && toCoreOffset >= toCore.count }
     /// Bytes wait for the core's socket to drain.
     var wantsSocketWrite: Bool { !finished && toCoreOffset < toCore.count }
+    /// Bytes (or the EOF) for this channel that libssh2 already took off the
+    /// socket while serving another call (every read drains the socket into
+    /// libssh2's packet list): no poll shows them, so the pump must look
+    /// again. Only when this channel can take them now.
+    var hasBufferedInput: Bool {
+        guard !finished, !remoteEnded, wantsChannelData, session.pendingSend == nil else { return false }
+        return libssh2_poll_channel_read(channel, 1) == 1 || libssh2_channel_eof(channel) == 1
+    }
     /// Room to read more from the core.
     var wantsSocketRead: Bool { !finished && !coreClosed && toRemoteOffset >= toRemote.count }
 
@@ -153,8 +161,6 @@ final class WorkerChannel {
             return try closeChannel()
         case .probe:
             return try probe()
-        case .keepalive:
-            return false
         }
     }
 
@@ -241,17 +247,21 @@ final class WorkerChannel {
     private func flushToCore() -> Bool {
         var progress = false
         while toCoreOffset < toCore.count {
-            let n = toCore.withUnsafeBytes { raw in
-                cpp_send_nosignal(socket, raw.baseAddress! + toCoreOffset, raw.count - toCoreOffset)
+            let offset = toCoreOffset
+            let result = toCore.withUnsafeBytes { raw in Syscall.send(socket, UnsafeRawBufferPointer(rebasing: raw[offset...])) }
+            switch result {
+            case .bytes(let n):
+                toCoreOffset += n
+                progress = true
+            case .wouldBlock:
+                return progress
+            case .endOfStream, .failed:
+                // The core closed its end: drop what it will never read.
+                toCore = []
+                toCoreOffset = 0
+                coreClosed = true
+                return progress
             }
-            if n > 0 { toCoreOffset += n; progress = true; continue }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
-            // The core closed its end: drop what it will never read.
-            toCore = []
-            toCoreOffset = 0
-            coreClosed = true
-            break
         }
         return progress
     }
@@ -270,18 +280,21 @@ final class WorkerChannel {
         while !remoteEnded && sent < WorkerChannel.turnBytes {
             if toRemoteOffset >= toRemote.count {
                 guard !coreClosed else { break }
-                let n = buffer.withUnsafeMutableBytes { raw in Glibc.recv(socket, raw.baseAddress!, 65536, 0) }
-                if n > 0 {
+                let result = buffer.withUnsafeMutableBytes { raw in
+                    Syscall.receive(socket, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<65536]))
+                }
+                switch result {
+                case .bytes(let n):
                     toRemote = Array(buffer[0..<n])
                     toRemoteOffset = 0
                     progress = true
-                } else if n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                case .wouldBlock:
+                    break
+                case .endOfStream, .failed:
                     coreClosed = true
                     progress = true
-                    break
-                } else {
-                    break
                 }
+                guard case .bytes = result else { break }
             }
             guard session.maySend(self, .write) else { return progress }
             let n = writeRemote()

@@ -1,5 +1,6 @@
 import CLibSSH2
 import Glibc
+import Logging
 import Synchronization
 
 /// Gets the worker executable onto a host: `.path` names one already there;
@@ -26,13 +27,15 @@ import Synchronization
 /// - With no SHA-256 tool on the host (`sha256sum`, `shasum -a 256`,
 ///   `openssl dgst -sha256`) shipping fails with an error that says so.
 package enum WorkerShipping {
-    /// The executable path on the host, shipped if needed.
-    static func remoteExecutable(on session: SSHSession, options: SSHOptions, deadline: UInt64) throws -> String {
+    /// The executable path on the host, shipped if needed. Each set-up
+    /// command is bounded by `options.connectTimeout`; the upload itself
+    /// only by progress (see `SSHSession.run`), logged to `logger` at debug level.
+    static func remoteExecutable(on session: SSHSession, options: SSHOptions, logger: Logger? = nil) throws -> String {
         switch options.remoteWorker {
         case .path(let path):
             return path
         case .upload:
-            return try upload(on: session, options: options, deadline: deadline)
+            return try upload(on: session, options: options, logger: logger)
         }
     }
 
@@ -111,7 +114,7 @@ package enum WorkerShipping {
         """
     }
 
-    private static func upload(on session: SSHSession, options: SSHOptions, deadline: UInt64) throws -> String {
+    private static func upload(on session: SSHSession, options: SSHOptions, logger: Logger?) throws -> String {
         let label = session.host.label
         let local = options.localExecutable ?? "/proc/self/exe"
         let digest = try sha256(of: local, label: label)
@@ -122,10 +125,11 @@ package enum WorkerShipping {
             echo; echo \(marker); uname -m; printf '%s\\n' "$f"
             if [ -f "$f" ] && [ ! -L "$f" ] && ! why=$(ppool_bad "$f" 1) && [ "$(ppool_sha "$f")" = \(digest) ]; then echo have; else echo missing; fi
             """
-        let answer = try session.run(inShell(probe), deadline: deadline)
+        let timeout = options.connectTimeoutNanos
+        let answer = try session.run(inShell(probe), timeout: timeout)
         let lines = answer.lines(after: marker)
         guard answer.status == 0, lines.count >= 3 else {
-            throw SSHError.failed(host: label, "cannot prepare the worker cache (status \(answer.status)): \(answer.errorOutput)")
+            throw SSHError.failed(host: label, "cannot prepare the worker cache (status \(answer.status)): \(answer.errorText)")
         }
         let remoteArch = lines[0], path = lines[1]
         let localArch = machine()
@@ -149,9 +153,9 @@ package enum WorkerShipping {
             trap - EXIT
             [ ! -L "$f" ] && [ "$(ppool_sha "$f")" = \(digest) ] || { echo "ppool: $f changed after the upload" >&2; exit 5; }
             """
-        let result = try session.run(inShell(script), inputFile: local, deadline: deadline)
+        let result = try session.run(inShell(script), inputFile: local, timeout: timeout, logger: logger)
         guard result.status == 0 else {
-            throw SSHError.failed(host: label, "uploading the worker to \(path) failed (status \(result.status)): \(result.errorOutput)")
+            throw SSHError.failed(host: label, "uploading the worker to \(path) failed (status \(result.status)): \(result.errorText)")
         }
         return path
     }

@@ -59,7 +59,7 @@ public struct TaskRegistry: Sendable {
     /// coder's lazily built tables), so that the child takes no lock that
     /// another thread of the parent might have held at the fork.
     package func prepareForFork() {
-        for runner in runners.values { runner.prepare() }
+        for runner in runners.values { runner.prepare(self) }
         warmCoderForFork()
     }
 

@@ -9,9 +9,11 @@ package struct TaskRunner: Sendable {
                                      _ attachments: [[UInt8]], _ registry: TaskRegistry,
                                      _ out: inout ByteWriter) throws -> Void
     /// Answers, in this process, whether the task and output types travel
-    /// as blocks, so that a forked worker later reads the answer without
+    /// as blocks, and instantiates the runtime metadata a worker's first
+    /// call needs (see `warmForFork`), so that a forked worker later reads
+    /// them without
     /// taking a lock (see `TaskRegistry.prepareForFork`).
-    package let prepare: @Sendable () -> Void
+    package let prepare: @Sendable (_ registry: TaskRegistry) -> Void
     /// Runs one encoded call (the initializer) and appends its outcome.
     package let runOne: @Sendable (_ payload: UnsafeRawBufferPointer, _ registry: TaskRegistry,
                                    _ out: inout ByteWriter) -> Void
@@ -23,8 +25,9 @@ package struct TaskRunner: Sendable {
                          into: &out)
         }
         let flags = BlockFlags()
-        prepare = { _ = flags.answer(T.self) }
-        runChunk = { calls, layout, count, attachments, registry, out in
+        let chunk: @Sendable (_ calls: inout ByteReader, _ layout: ValueLayout, _ count: Int,
+                              _ attachments: [[UInt8]], _ registry: TaskRegistry,
+                              _ out: inout ByteWriter) throws -> Void = { calls, layout, count, attachments, registry, out in
             // Asked here, not when the registry is built: a dynamic conformance
             // check per registered type would run at every process's start.
             let (bitwiseTasks, bitwiseOutputs) = flags.answer(T.self)
@@ -66,7 +69,51 @@ package struct TaskRunner: Sendable {
                 done += 1
             }
         }
+        runChunk = chunk
+        prepare = { registry in
+            _ = flags.answer(T.self)
+            warmForFork(T.self, runChunk: chunk, registry: registry)
+        }
     }
+}
+
+/// Instantiates in this process the generic metadata a worker's first call
+/// of `T` needs: the runner's own types, and the decoder's containers for
+/// `T` (by decoding `T` from an empty keyed container, which builds them
+/// and, for a `T` with fields, fails; the task is never run).
+///
+/// Swift's runtime takes a lock to instantiate metadata it has not seen.
+/// A fork child inherits that lock as it was at the fork: if another thread
+/// of the parent held it then, the child's first new instantiation waits
+/// for ever (seen under load: a forked worker stuck in
+/// `swift_getGenericMetadata` on its first call). Metadata already present
+/// is found without the lock.
+private func warmForFork<T: ProcessTask>(
+    _: T.Type,
+    runChunk: (_ calls: inout ByteReader, _ layout: ValueLayout, _ count: Int, _ attachments: [[UInt8]],
+               _ registry: TaskRegistry, _ out: inout ByteWriter) throws -> Void,
+    registry: TaskRegistry
+) {
+    keepAlive([T].self)
+    keepAlive([T.Output].self)
+    keepAlive(CallOutcome<T.Output>.self)
+    keepAlive(CallOutcome<T.Output>?.self)
+    guard let empty = try? BinaryEncoder().encode(NoFieldsProbe()) else { return }
+    empty.withUnsafeBytes { raw in
+        _ = try? BinaryDecoder().decode(T.self, from: raw)
+        var calls = ByteReader(raw)
+        var out = ByteWriter()
+        try? runChunk(&calls, .separate, 0, [], registry, &out)
+    }
+}
+
+/// A value with no fields: it encodes as an empty keyed container.
+private struct NoFieldsProbe: Codable {}
+
+/// Keeps a metatype from being optimised away (its metadata is the point).
+@inline(never)
+private func keepAlive(_ type: Any.Type) {
+    withExtendedLifetime(type) {}
 }
 
 /// What one call came to in the worker.
