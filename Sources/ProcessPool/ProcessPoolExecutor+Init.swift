@@ -22,17 +22,24 @@ extension ProcessPoolExecutor {
     ///   - logger: Where the pool logs (worker starts and ends, breaks, remote
     ///     stderr over ssh), at `info` level or below. Defaults to the
     ///     task-local `Logger.current`.
+    ///   - failurePolicy: What a dead worker does to the pool: ``FailurePolicy/breakPool``
+    ///     (the default, CPython's behaviour) breaks it;
+    ///     ``FailurePolicy/retry(maxAttempts:)`` requeues the dead worker's
+    ///     work, replaces the worker and fails only a task that lost its
+    ///     worker on every attempt (``WorkerLost``).
     /// - Throws: ``ProcessPoolError/invalidMaxWorkers(_:)`` when `maxWorkers`
     ///   is `<= 0`; ``ProcessPoolError/invalidOption(_:)`` when
-    ///   `maxTasksPerChild` is `<= 0` or combined with `.fork`;
+    ///   `maxTasksPerChild` is `<= 0` or combined with `.fork`, or when
+    ///   `maxAttempts` is below 1;
     ///   ``ProcessPoolError/unregisteredTask(_:)`` for an initializer whose
     ///   type `tasks` lacks.
     public convenience init(maxWorkers: Int? = nil, context: StartMethod? = nil, tasks: TaskRegistry,
                             initializer: (any ProcessTask)? = nil, maxTasksPerChild: Int? = nil,
-                            logger: Logger = Logger.current) throws {
+                            logger: Logger = Logger.current, failurePolicy: FailurePolicy = .breakPool) throws {
         let method = context ?? (maxTasksPerChild != nil ? .spawn : StartMethod.defaultMethod)
         try self.init(maxWorkers: maxWorkers, context: method, tasks: tasks,
-                      initializer: initializer, maxTasksPerChild: maxTasksPerChild, logger: logger)
+                      initializer: initializer, maxTasksPerChild: maxTasksPerChild, logger: logger,
+                      failurePolicy: failurePolicy)
     }
 }
 
@@ -69,12 +76,13 @@ extension StartMethod {
 /// ```
 ///
 /// - Parameters:
-///   - maxWorkers: As in ``ProcessPoolExecutor/init(maxWorkers:context:tasks:initializer:maxTasksPerChild:logger:)``.
+///   - maxWorkers: As in ``ProcessPoolExecutor/init(maxWorkers:context:tasks:initializer:maxTasksPerChild:logger:failurePolicy:)``.
 ///   - context: As there: `nil` means forkserver (spawn with `maxTasksPerChild`).
 ///   - tasks: The task types the pool may run.
 ///   - initializer: A registered task run once in each worker first.
 ///   - maxTasksPerChild: A worker exits after that many tasks and is replaced.
 ///   - logger: Where the pool logs; defaults to `Logger.current`.
+///   - failurePolicy: What a dead worker does to the pool (default: break it).
 ///   - isolation: The caller's isolation, inherited; leave the default.
 ///   - body: Uses the pool; its result is returned.
 /// - Returns: What `body` returned.
@@ -82,11 +90,12 @@ extension StartMethod {
 public func withProcessPool<R>(maxWorkers: Int? = nil, context: StartMethod? = nil,
                                tasks: TaskRegistry, initializer: (any ProcessTask)? = nil,
                                maxTasksPerChild: Int? = nil, logger: Logger = Logger.current,
+                               failurePolicy: FailurePolicy = .breakPool,
                                isolation: isolated (any Actor)? = #isolation,
                                _ body: (ProcessPoolExecutor) async throws -> R) async throws -> R {
     let pool = try ProcessPoolExecutor(maxWorkers: maxWorkers, context: context, tasks: tasks,
                                        initializer: initializer, maxTasksPerChild: maxTasksPerChild,
-                                       logger: logger)
+                                       logger: logger, failurePolicy: failurePolicy)
     do {
         let result = try await body(pool)
         await pool.shutdown()

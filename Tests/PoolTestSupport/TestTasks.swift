@@ -106,6 +106,24 @@ public struct Fail: ProcessTask {
     }
 }
 
+/// Returns its value and the worker's pid, after `microseconds` of sleep.
+public struct TaggedEcho: ProcessTask {
+    public struct Output: Codable, Sendable, Equatable {
+        public var value: Int
+        public var pid: Int32
+    }
+    public var value: Int
+    public var microseconds: UInt32
+    public init(_ value: Int, microseconds: UInt32 = 0) {
+        self.value = value
+        self.microseconds = microseconds
+    }
+    public func run() -> Output {
+        if microseconds > 0 { usleep(microseconds) }
+        return Output(value: value, pid: getpid())
+    }
+}
+
 /// Ends the worker in a chosen way.
 public struct Die: ProcessTask {
     public enum How: String, Codable, Sendable { case sigkill, sigsegv, exit3, trap }
@@ -303,7 +321,7 @@ public struct NotRegistered: ProcessTask {
 /// Everything the tests run, in the test process and in the worker executable.
 public let testRegistry = TaskRegistry(
     tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
-            WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, Noisy.self, StderrForever.self, CorruptStream.self,
+            WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, TaggedEcho.self, Noisy.self, StderrForever.self, CorruptStream.self,
             SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self,
             BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self, KeepBytes.self,
             EchoPayload.self, MakePayload.self, TouchFile.self, MaybeUnencodable.self, MakeBox.self] + cpythonPortTaskTypes,

@@ -36,6 +36,7 @@ final class IOLoop: @unchecked Sendable {
                     fds.append(pollfd(fd: slot.exitDescriptor, events: Int16(POLLIN), revents: 0))
                     if slot.phase == .starting && !slot.saidHello { deadline = min(deadline, slot.helloDeadline) }
                     if let eof = slot.eofDeadline { deadline = min(deadline, eof) }
+                    if let limit = slot.headDeadline { deadline = min(deadline, limit) }
                 }
                 core.ioSleeping = true
                 if deadline == .max { return -1 }
@@ -135,6 +136,7 @@ final class IOLoop: @unchecked Sendable {
                     throw ProtocolViolation("results for item \(header.itemID), expected \(head.id)")
                 }
                 _ = slot.inFlight.popFirst()
+                slot.headStartedAt = MonotonicClock.now()
                 slot.recordRunTime(nanos: header.runNanos)
                 core.dispatchLocked(deferWrites: true)
                 return head
@@ -177,6 +179,7 @@ final class IOLoop: @unchecked Sendable {
                     return
                 }
                 slot.phase = slot.exitRequested ? .leaving : .ready
+                core.earlyDeaths = 0
                 core.dispatchLocked()
             }
         case .goodbye:
@@ -198,10 +201,16 @@ final class IOLoop: @unchecked Sendable {
             slot.exit = exit
             slot.streamClosed = true
             slot.eofDeadline = nil
-            let expected = (slot.saidGoodbye || slot.exitRequested) && exit.isClean && slot.inFlight.isEmpty
+            let expected = slot.interrupted
+                || ((slot.saidGoodbye || slot.exitRequested) && exit.isClean && slot.inFlight.isEmpty)
+            let early = slot.phase == .starting
             if !expected {
                 if let terminating = core.terminating {
                     core.breakLocked("\(terminating); worker \(slot.label) ended with \(exit)")
+                } else if core.broken == nil, let attempts = core.failurePolicy.maxAttempts,
+                          !early || core.earlyDeaths + 1 < PoolCore.maxEarlyDeaths {
+                    if early { core.earlyDeaths += 1 }
+                    core.retryLocked(slot, exit: exit, maxAttempts: attempts)
                 } else if core.broken == nil {
                     let held = slot.inFlight.count
                     let what = held == 0 ? "while idle" : "while holding \(held) work item\(held == 1 ? "" : "s")"
@@ -212,8 +221,11 @@ final class IOLoop: @unchecked Sendable {
             }
             core.workers.removeAll { $0 === slot }
             slot.connection.close()
-            // Replace a retired worker while work remains.
-            if core.broken == nil && !core.pending.isEmpty && core.liveWorkerCount < core.maxWorkers {
+            // Replace a retired, lost or interrupted worker while work
+            // remains (fork, which starts no worker on demand: always, until
+            // shutdown).
+            let wanted = !core.pending.isEmpty || (core.launcher.startsAllWorkersAtOnce && !core.shutdownRequested)
+            if core.broken == nil && wanted && core.liveWorkerCount < core.maxWorkers {
                 core.launchLocked()
             }
         }
@@ -228,6 +240,13 @@ final class IOLoop: @unchecked Sendable {
             if slot.phase == .starting && !slot.saidHello && now >= slot.helloDeadline && core.broken == nil {
                 core.breakLocked("worker \(slot.label) did not start the protocol within "
                     + "\(core.launcher.helloTimeout): does main() call ProcessPoolExecutor.bootstrap first?")
+            }
+            if let limit = slot.headDeadline, now >= limit, core.broken == nil {
+                let worker = slot.label
+                core.interruptLocked(slot) { item in
+                    item.sink.fail(TaskTimeLimitExceeded(task: item.taskName, worker: worker,
+                                                         limit: item.timeLimitPerTask ?? .zero))
+                }
             }
             if let eof = slot.eofDeadline, now >= eof, !slot.signalled {
                 slot.signalled = true

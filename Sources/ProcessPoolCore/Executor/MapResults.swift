@@ -22,6 +22,12 @@ extension ProcessPoolExecutor {
     ///     cost fewer messages for many small tasks.
     ///   - bufferSize: At most that many chunks submitted ahead of the
     ///     consumer, so an endless input works; `nil` submits everything now.
+    ///   - timeLimit: The longest each task may run, counted from when a
+    ///     worker takes it (a chunk gets `timeLimit` times its size). On
+    ///     expiry the worker is stopped and replaced, the other work it held
+    ///     is queued again, and iteration throws ``TaskTimeLimitExceeded`` at
+    ///     that chunk's first item. `nil`: no limit. Unlike `timeout`, this
+    ///     does not count waiting in the queue.
     /// - Returns: The outputs, as an `AsyncSequence` to iterate once.
     /// - Throws: ``ProcessPoolError/invalidOption(_:)`` when `chunkSize` or
     ///   `bufferSize` is below 1; ``ProcessPoolError/unregisteredTask(_:)``
@@ -29,8 +35,9 @@ extension ProcessPoolExecutor {
     ///   pool is broken; ``ProcessPoolError/shutdown`` after shutdown; an
     ///   encoding error if a task submitted now cannot be encoded.
     public func map<S: Sequence>(_ tasks: S, timeout: Duration? = nil, chunkSize: Int = 1,
-                                 bufferSize: Int? = nil) throws -> MapResults<S.Element.Output>
+                                 bufferSize: Int? = nil, timeLimit: Duration? = nil) throws -> MapResults<S.Element.Output>
     where S.Element: ProcessTask {
+        try Self.checkTimeLimit(timeLimit)
         guard chunkSize >= 1 else { throw ProcessPoolError.invalidOption("chunkSize must be >= 1 (got \(chunkSize))") }
         if let bufferSize, bufferSize < 1 {
             throw ProcessPoolError.invalidOption("bufferSize must be nil or >= 1 (got \(bufferSize))")
@@ -47,7 +54,7 @@ extension ProcessPoolExecutor {
             nextChunk = { [self] in
                 guard start < array.endIndex else { return [] }
                 let end = min(start + chunkSize, array.endIndex)
-                let chunks = mapChunks(array[start..<end])
+                let chunks = mapChunks(array[start..<end], timeLimit: timeLimit)
                 // After an item that cannot be encoded, nothing more is read.
                 start = chunks.last?.item == nil ? array.endIndex : end
                 return chunks
@@ -62,7 +69,7 @@ extension ProcessPoolExecutor {
                 while chunk.count < chunkSize, let task = iterator.next() { chunk.append(task) }
                 if chunk.count < chunkSize { exhausted = true }
                 guard !chunk.isEmpty else { return [] }
-                let chunks = mapChunks(chunk)
+                let chunks = mapChunks(chunk, timeLimit: timeLimit)
                 if chunks.last?.item == nil { exhausted = true }
                 return chunks
             }
@@ -76,15 +83,16 @@ extension ProcessPoolExecutor {
     /// before it go as chunks of one and the failing one becomes a chunk
     /// that is already failed: its error surfaces at its own position when
     /// the results are iterated, after the outputs before it.
-    func mapChunks<C: Collection>(_ tasks: C) -> [MapChunk<C.Element.Output>] where C.Element: ProcessTask {
+    func mapChunks<C: Collection>(_ tasks: C, timeLimit: Duration? = nil) -> [MapChunk<C.Element.Output>]
+    where C.Element: ProcessTask {
         let sink = ChunkSink<C.Element.Output>(expected: tasks.count)
-        if let item = try? makeItem(tasks, sink: sink) { return [MapChunk(item: item, sink: sink)] }
+        if let item = try? makeItem(tasks, sink: sink, timeLimit: timeLimit) { return [MapChunk(item: item, sink: sink)] }
         // The error path: find the first task that fails on its own.
         var chunks: [MapChunk<C.Element.Output>] = []
         for task in tasks {
             let one = ChunkSink<C.Element.Output>(expected: 1)
             do {
-                chunks.append(MapChunk(item: try makeItem(CollectionOfOne(task), sink: one), sink: one))
+                chunks.append(MapChunk(item: try makeItem(CollectionOfOne(task), sink: one, timeLimit: timeLimit), sink: one))
             } catch {
                 one.fail(error)
                 chunks.append(MapChunk(item: nil, sink: one))

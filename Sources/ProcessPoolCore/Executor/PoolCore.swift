@@ -16,6 +16,7 @@ package final class PoolCore: @unchecked Sendable {
     let maxTasksPerChild: Int?
     let initializer: (name: String, payload: [UInt8])?
     let logger: Logger
+    let failurePolicy: FailurePolicy
 
     let lock = ConditionLock()
     // Guarded by lock:
@@ -31,6 +32,11 @@ package final class PoolCore: @unchecked Sendable {
     var wakePosted = false
     var finishedFlag = false
     var finishCallbacks: [@Sendable () -> Void] = []
+    /// Workers in a row that died before they were ready (FailurePolicy.retry
+    /// gives up replacing them at `maxEarlyDeaths`: the start method itself
+    /// is failing, and retrying would start processes for ever).
+    var earlyDeaths = 0
+    static let maxEarlyDeaths = 3
 
     /// Work to do once the lock is released (failing and cancelling futures
     /// runs their callbacks, which may call back into the pool).
@@ -42,9 +48,11 @@ package final class PoolCore: @unchecked Sendable {
     let ioThreadID = Mutex<pthread_t?>(nil)
 
     package init(launcher: any WorkerLauncher, registry: TaskRegistry, maxWorkers: Int,
-                 maxTasksPerChild: Int?, initializer: (any ProcessTask)?, logger: Logger) throws {
+                 maxTasksPerChild: Int?, initializer: (any ProcessTask)?, logger: Logger,
+                 failurePolicy: FailurePolicy = .breakPool) throws {
         self.launcher = launcher
         self.logger = logger
+        self.failurePolicy = failurePolicy
         self.registry = registry
         self.maxWorkers = maxWorkers
         self.maxTasksPerChild = maxTasksPerChild
@@ -259,18 +267,20 @@ package final class PoolCore: @unchecked Sendable {
         guard broken == nil else { return }
         var idleTouched: [WorkerSlot] = []
         var busyTouched = false
+        var timedDispatch = false
         while !pending.isEmpty {
             var best: WorkerSlot?
             for slot in workers where slot.canTakeWork {
                 if best == nil || slot.inFlight.count < best!.inFlight.count { best = slot }
             }
             guard let slot = best else { break }
-            var item = pending.popFirst()!
+            let item = pending.popFirst()!
             guard item.sink.markRunning() else { continue }
             let wasIdle = slot.inFlight.isEmpty && !slot.hasOutbound
+            if slot.inFlight.isEmpty { slot.headStartedAt = MonotonicClock.now() }
+            // The I/O thread must wake to time a limited item.
+            if item.timeLimit != nil { timedDispatch = true }
             slot.enqueue(item)
-            item.frame = []
-            item.attachments = []
             slot.inFlight.append(item)
             if let left = slot.tasksLeft { slot.tasksLeft = left - 1 }
             if wasIdle && !deferWrites {
@@ -279,7 +289,7 @@ package final class PoolCore: @unchecked Sendable {
                 busyTouched = true
             }
         }
-        var needsPoll = busyTouched && !deferWrites
+        var needsPoll = (busyTouched || timedDispatch) && !deferWrites
         for slot in idleTouched {
             flushLocked(slot)
             if slot.hasOutbound { needsPoll = true }
@@ -322,6 +332,67 @@ package final class PoolCore: @unchecked Sendable {
         try? frame.end()
         slot.enqueue(frame.take())
         if slot.phase == .ready { slot.phase = .leaving }
+    }
+
+    // MARK: Interrupting and retrying
+
+    /// Interrupts `sink`'s item (``TaskFuture/interrupt()``): still pending,
+    /// it is cancelled; running, its worker is stopped (and replaced), the
+    /// other items that worker held are queued again, and the item ends
+    /// cancelled; queued in a worker behind another item, it ends cancelled
+    /// and its results are ignored. False if the pool does not hold it.
+    package func interrupt(_ sink: any WorkSink) -> Bool {
+        locked { () -> Bool in
+            for slot in workers where !slot.interrupted && slot.exit == nil {
+                guard let index = slot.inFlight.firstIndex(where: { $0.sink === sink }) else { continue }
+                if index == 0 {
+                    interruptLocked(slot) { $0.sink.interrupted() }
+                } else {
+                    afterUnlock.append { sink.interrupted() }
+                }
+                return true
+            }
+            return false
+        }
+    }
+
+    /// Stops `slot`'s worker to end its running item, which `end` settles;
+    /// the items queued behind it go back to the front of the queue, and a
+    /// replacement starts when its exit is collected (lock held).
+    func interruptLocked(_ slot: WorkerSlot, end: @escaping (WorkItem) -> Void) {
+        guard let head = slot.inFlight.popFirst() else { return }
+        afterUnlock.append { end(head) }
+        requeueLocked(slot.inFlight.drain())
+        slot.interrupted = true
+        logger.debug("worker stopped to interrupt its task",
+                     metadata: ["worker": "\(slot.label)", "task": "\(head.taskName)"])
+        abandonStreamLocked(slot)
+        wakeLocked()
+    }
+
+    /// Puts items a worker held back at the front of the queue, in order
+    /// (lock held). Items whose consumer gave up are dropped.
+    func requeueLocked(_ items: [WorkItem]) {
+        pending.prepend(items.filter { !$0.sink.isCancelled })
+    }
+
+    /// A worker died unexpectedly under FailurePolicy.retry (lock held): the
+    /// item it was running is charged an attempt and retried, or fails with
+    /// ``WorkerLost`` when it has had them all; the items behind it are
+    /// queued again as they are.
+    func retryLocked(_ slot: WorkerSlot, exit: WorkerExit, maxAttempts: Int) {
+        var items = slot.inFlight.drain()
+        if !items.isEmpty {
+            items[0].attempts.append(WorkerLost.Attempt(worker: slot.label, end: "\(exit)"))
+            if items[0].attempts.count >= maxAttempts {
+                let lost = items.removeFirst()
+                let error = WorkerLost(task: lost.taskName, attempts: lost.attempts)
+                afterUnlock.append { lost.sink.fail(error) }
+            }
+        }
+        logger.info("worker lost; its work is retried",
+                    metadata: ["worker": "\(slot.label)", "end": "\(exit)", "items": "\(items.count)"])
+        requeueLocked(items)
     }
 
     // MARK: Breaking

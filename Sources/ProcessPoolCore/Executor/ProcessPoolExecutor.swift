@@ -20,12 +20,15 @@ public final class ProcessPoolExecutor: Sendable {
     public let maxWorkers: Int
     /// How the workers are started.
     public let startMethod: StartMethod
+    /// What a dead worker does to the pool.
+    public let failurePolicy: FailurePolicy
 
     /// Creates a pool that starts workers with `context` (no process starts
     /// until the first submit). The public initializer lives in `ProcessPool`,
     /// which resolves a nil context.
     package init(maxWorkers: Int?, context: StartMethod, tasks: TaskRegistry,
-                 initializer: (any ProcessTask)?, maxTasksPerChild: Int?, logger: Logger) throws {
+                 initializer: (any ProcessTask)?, maxTasksPerChild: Int?, logger: Logger,
+                 failurePolicy: FailurePolicy = .breakPool) throws {
         let launcher = context.launcher
         let workers = maxWorkers ?? launcher.defaultWorkerCount ?? ProcessPoolExecutor.usableCPUCount
         guard workers > 0 else { throw ProcessPoolError.invalidMaxWorkers(workers) }
@@ -38,10 +41,15 @@ public final class ProcessPoolExecutor: Sendable {
                     "maxTasksPerChild is incompatible with the '\(launcher.name)' start method")
             }
         }
+        if let attempts = failurePolicy.maxAttempts, attempts < 1 {
+            throw ProcessPoolError.invalidOption("maxAttempts must be >= 1 (got \(attempts))")
+        }
         self.maxWorkers = workers
         self.startMethod = context
+        self.failurePolicy = failurePolicy
         self.core = try PoolCore(launcher: launcher, registry: tasks, maxWorkers: workers,
-                                 maxTasksPerChild: maxTasksPerChild, initializer: initializer, logger: logger)
+                                 maxTasksPerChild: maxTasksPerChild, initializer: initializer, logger: logger,
+                                 failurePolicy: failurePolicy)
     }
 
     deinit { core.shutdown(wait: false, cancelFutures: false) }
@@ -68,15 +76,46 @@ public final class ProcessPoolExecutor: Sendable {
     ///   shutdown; ``ProcessPoolError/unregisteredTask(_:)`` for a task type
     ///   the registry lacks; an encoding error if `task` cannot be encoded.
     public func submit<T: ProcessTask>(_ task: T) throws -> TaskFuture<T.Output> {
+        try submit(task, timeLimit: nil)
+    }
+
+    /// Schedules one task that may run for at most `timeLimit`, counted from
+    /// when a worker takes it (not from this call). On expiry the task is
+    /// interrupted (its worker stopped and replaced, the other work it held
+    /// queued again) and its future fails with ``TaskTimeLimitExceeded``,
+    /// naming the task and the worker; the pool stays usable.
+    ///
+    /// - Parameters:
+    ///   - task: The call to run in a worker; its type must be in the
+    ///     pool's registry.
+    ///   - timeLimit: The longest the task may run; `nil`: no limit.
+    /// - Returns: The task's future (``TaskFuture/interrupt()`` also stops it
+    ///   while it runs).
+    /// - Throws: As ``submit(_:)``, and ``ProcessPoolError/invalidOption(_:)``
+    ///   for a time limit that is not positive.
+    public func submit<T: ProcessTask>(_ task: T, timeLimit: Duration?) throws -> TaskFuture<T.Output> {
         if let broken = core.brokenReason { throw BrokenProcessPool(reason: broken) }
+        try Self.checkTimeLimit(timeLimit)
         let future = TaskFuture<T.Output>()
-        let item = try makeItem([task], sink: future)
+        let item = try makeItem([task], sink: future, timeLimit: timeLimit)
+        future.setInterrupter { [weak core, weak future] in
+            guard let core, let future else { return false }
+            return core.interrupt(future)
+        }
         try core.submit(item)
         return future
     }
 
-    /// Encodes calls into one `run` frame.
-    func makeItem<T: ProcessTask>(_ tasks: some Collection<T>, sink: any WorkSink) throws -> WorkItem {
+    /// Refuses a time limit that is zero or negative.
+    static func checkTimeLimit(_ limit: Duration?) throws {
+        if let limit, limit <= .zero {
+            throw ProcessPoolError.invalidOption("timeLimit must be nil or positive (got \(limit))")
+        }
+    }
+
+    /// Encodes calls into one `run` frame; `timeLimit` is per call.
+    func makeItem<T: ProcessTask>(_ tasks: some Collection<T>, sink: any WorkSink,
+                                  timeLimit: Duration? = nil) throws -> WorkItem {
         let name = TaskNames.name(of: T.self)
         guard core.registry.contains(name) else { throw ProcessPoolError.unregisteredTask(name) }
         let id = core.makeItemID()
@@ -112,7 +151,15 @@ public final class ProcessPoolExecutor: Sendable {
         } catch {
             throw ProcessPoolError.valueTooLarge("the arguments of \(name) (\(tasks.count) call\(tasks.count == 1 ? "" : "s")): \(error)")
         }
-        return WorkItem(id: id, frame: frame.take(), attachments: attachments, sink: sink)
+        var item = WorkItem(id: id, frame: frame.take(), attachments: attachments, sink: sink)
+        item.taskName = name
+        if let timeLimit {
+            item.timeLimitPerTask = timeLimit
+            let perTask = MonotonicClock.nanoseconds(timeLimit)
+            let total = perTask.multipliedReportingOverflow(by: UInt64(max(1, tasks.count)))
+            item.timeLimit = total.overflow ? .max : total.partialValue
+        }
+        return item
     }
 
     /// Stops accepting work. `wait`: block until pending and running work

@@ -12,6 +12,9 @@ package protocol WorkSink: AnyObject, Sendable {
     func fail(_ error: any Error)
     /// Cancels the item if it is still pending.
     @discardableResult func cancel() -> Bool
+    /// Ends the item as cancelled although it was running (its worker was
+    /// stopped to interrupt it): `CancellationError` for its consumer.
+    func interrupted()
     /// Whether the consumer gave up on it.
     var isCancelled: Bool { get }
 }
@@ -26,11 +29,29 @@ package struct OutcomeContext {
 
 /// One message's worth of work: an encoded `run` frame, the byte arrays sent
 /// beside it, and where its results go.
+///
+/// The frame and attachments are kept until the results arrive: a worker
+/// that dies or is interrupted may leave the item to be sent again.
 package struct WorkItem: Sendable {
     package let id: UInt64
     package var frame: [UInt8]
     package var attachments: [[UInt8]]
     package let sink: any WorkSink
+    /// The task type's registered name (for errors).
+    package var taskName: String = ""
+    /// How long a worker may run the item, from when it takes it (ns); nil: no limit.
+    package var timeLimit: UInt64?
+    /// The limit as the caller gave it (per task), for the error.
+    package var timeLimitPerTask: Duration?
+    /// Earlier attempts that ended with a dead worker (FailurePolicy.retry).
+    package var attempts: [WorkerLost.Attempt] = []
+
+    package init(id: UInt64, frame: [UInt8], attachments: [[UInt8]], sink: any WorkSink) {
+        self.id = id
+        self.frame = frame
+        self.attachments = attachments
+        self.sink = sink
+    }
 }
 
 /// Reads one outcome written by a worker's runner.
@@ -79,6 +100,7 @@ extension TaskFuture: WorkSink where Output: Decodable {
     }
 
     package func fail(_ error: any Error) { finish(.failure(error)) }
+    package func interrupted() { cancelRunning() }
 }
 
 /// Reads the layout byte in front of a frame's values.
@@ -150,6 +172,7 @@ package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
     package var isCancelled: Bool { future.isCancelled }
     package func fail(_ error: any Error) { future.finish(.failure(error)) }
     @discardableResult package func cancel() -> Bool { future.cancel() }
+    package func interrupted() { future.cancelRunning() }
 
     package func complete(outcomes: inout ByteReader, header: ResultsHeader, context: OutcomeContext) throws {
         let count = header.count

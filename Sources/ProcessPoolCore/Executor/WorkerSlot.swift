@@ -42,6 +42,20 @@ final class WorkerSlot: @unchecked Sendable {
     var exit: WorkerExit?
     var helloDeadline: UInt64
     var eofDeadline: UInt64?
+    /// When the item at the head of `inFlight` (the one the worker runs)
+    /// started: when it was sent to an idle worker, or when the results of
+    /// the item before it arrived.
+    var headStartedAt: UInt64 = 0
+    /// Stopped by the pool to interrupt its running item: its exit is
+    /// expected and breaks nothing.
+    var interrupted = false
+
+    /// When the running item passes its time limit, if it has one.
+    var headDeadline: UInt64? {
+        guard !interrupted, exit == nil, let head = inFlight.first, let limit = head.timeLimit else { return nil }
+        let (deadline, overflow) = headStartedAt.addingReportingOverflow(limit)
+        return overflow ? .max : deadline
+    }
 
     init(connection: any WorkerConnection, tasksLeft: Int?, helloDeadline: UInt64) {
         self.connection = connection

@@ -18,6 +18,8 @@ public final class TaskFuture<Output: Sendable>: Sendable {
         /// Done callbacks and registered observers (waiting threads and
         /// tasks, `wait`, `asCompleted`), told in the order they were added.
         var waiters: [Waiter] = []
+        /// Stops the worker running this future (set by the pool at submit).
+        var interrupter: (@Sendable () -> Bool)?
     }
 
     /// Something to tell when the future is done.
@@ -112,6 +114,30 @@ public final class TaskFuture<Output: Sendable>: Sendable {
         return changed || alreadyCancelled
     }
 
+    /// Cancels the task even while it runs.
+    ///
+    /// A pending task is cancelled as by ``cancel()``. A running one is
+    /// interrupted: the pool stops the worker running it and starts another
+    /// in its place, the other work that worker held goes back to the queue
+    /// (it is not failed), and this future ends cancelled (its `value`
+    /// throws `CancellationError`). The pool stays usable. A task already
+    /// sent to a worker but still queued there behind another one is
+    /// cancelled without stopping anyone: its result is ignored.
+    ///
+    /// - Returns: True if the future is now cancelled; false if it had
+    ///   already finished (or was not made by a pool).
+    @discardableResult
+    public func interrupt() -> Bool {
+        if cancel() { return true }
+        guard let interrupter = state.guarded({ $0.interrupter }) else { return isCancelled }
+        return interrupter() || isCancelled
+    }
+
+    /// Lets ``interrupt()`` reach the pool that runs this future.
+    package func setInterrupter(_ interrupter: @escaping @Sendable () -> Bool) {
+        state.guarded { $0.interrupter = interrupter }
+    }
+
     /// True once cancelled.
     public var isCancelled: Bool {
         state.guarded { if case .cancelled = $0.phase { return true } else { return false } }
@@ -177,6 +203,20 @@ public final class TaskFuture<Output: Sendable>: Sendable {
             case .finished, .cancelled: return false
             }
         }
+    }
+
+    /// Running (or pending) → cancelled: the pool stopped the worker that
+    /// ran it (``interrupt()``). Ignored once done.
+    package func cancelRunning() {
+        let changed = state.guarded { s -> Bool in
+            switch s.phase {
+            case .pending, .running:
+                s.phase = .cancelled
+                return true
+            case .finished, .cancelled: return false
+            }
+        }
+        if changed { fireCompletion() }
     }
 
     /// Finishes the future; ignored if it is already done.

@@ -11,6 +11,12 @@ package struct RingQueue<Element> {
 
     package mutating func append(_ element: Element) { storage.append(element) }
 
+    /// The position (0 = first) of the first element matching `predicate`.
+    package func firstIndex(where predicate: (Element) -> Bool) -> Int? {
+        for index in head..<storage.count where predicate(storage[index]!) { return index - head }
+        return nil
+    }
+
     package mutating func popFirst() -> Element? {
         guard head < storage.count else { return nil }
         let element = storage[head]
@@ -24,6 +30,18 @@ package struct RingQueue<Element> {
             head = 0
         }
         return element
+    }
+
+    /// Puts `elements` in front, in their order (before the current first).
+    package mutating func prepend(_ elements: [Element]) {
+        guard !elements.isEmpty else { return }
+        if head >= elements.count {
+            head -= elements.count
+            for (offset, element) in elements.enumerated() { storage[head + offset] = element }
+        } else {
+            storage = elements.map { Optional($0) } + storage[head...]
+            head = 0
+        }
     }
 
     /// Removes and returns everything, oldest first.

@@ -130,6 +130,11 @@ final class WorkerLoop {
         case .run:
             guard configured else { throw ProtocolViolation("run before configure") }
             let header = try RunHeader(from: &reader)
+            // Results already made go out before the next call runs: a long
+            // call must not hold back the results of the short ones before
+            // it (the parent also times each item from the results of the
+            // one before).
+            flush()
             let started = cpp_monotonic_ns()
             let timeMark = ResultsHeader(itemID: header.itemID, runNanos: 0, count: header.count,
                                          layout: .separate).write(to: &out)
