@@ -89,10 +89,10 @@ let package = Package(
             dependencies: ["PoolTestSupport", "ProcessPool"],
             path: "Tests/PoolTestWorker"
         ),
-        // The chaos soak: swift run -c release pool-soak --minutes N
+        // The chaos soak: swift run -c release pool-soak --minutes N [--methods fork,spawn,forkserver,ssh]
         .executableTarget(
             name: "PoolSoak",
-            dependencies: ["PoolTestSupport", "ProcessPool"],
+            dependencies: ["PoolTestSupport", "ProcessPool", "ProcessPoolSSH"],
             path: "Tests/PoolSoak"
         ),
         .testTarget(

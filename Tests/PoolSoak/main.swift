@@ -8,12 +8,21 @@
 // memory stops growing after warm-up. Every violation is printed with the
 // seed and round that replay it.
 //
-//   swift run -c release pool-soak --minutes 10 [--seed S] [--methods fork,spawn,forkserver]
+// `--methods ...,ssh` adds the ssh start method: the soak starts its own sshd
+// on loopback with throwaway keys (SoakSSHD.swift), optionally behind a
+// throttling relay (`--relay`, SoakRelay.swift), uploads itself as the worker
+// and runs the same rounds, with the connection cut (its sshd process
+// SIGKILLed, or the relay's sockets shut) instead of a forkserver killed. It
+// also checks that no remote worker or sshd connection outlives its pool, and
+// that sshd is stopped and its directory removed at the end.
+//
+//   swift run -c release pool-soak --minutes 10 [--seed S] [--methods fork,spawn,forkserver,ssh] [--relay]
 import Glibc
 import PoolTestSupport
 import ProcessPool
 import ProcessPoolCore
 import ProcessPoolLocal
+import ProcessPoolSSH
 
 ProcessPoolExecutor.bootstrap(testRegistry)
 
@@ -22,16 +31,22 @@ ProcessPoolExecutor.bootstrap(testRegistry)
 var minutes = 1.0
 var seed = UInt64(cpp_monotonic_ns_for_seed())
 var methods = ["fork", "spawn", "forkserver"]
+var useRelay = false
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     switch argument {
     case "--minutes": minutes = Double(arguments.next() ?? "") ?? minutes
     case "--seed": seed = UInt64(arguments.next() ?? "") ?? seed
     case "--methods": methods = (arguments.next() ?? "").split(separator: ",").map(String.init)
+    case "--relay": useRelay = true
     default:
-        print("usage: pool-soak [--minutes N] [--seed S] [--methods fork,spawn,forkserver]")
+        print("usage: pool-soak [--minutes N] [--seed S] [--methods fork,spawn,forkserver,ssh] [--relay]")
         exit(2)
     }
+}
+for name in methods where name != "ssh" && (try? StartMethod(named: name)) == nil {
+    print("pool-soak: unknown start method \(name) (fork, spawn, forkserver, ssh)")
+    exit(2)
 }
 
 func cpp_monotonic_ns_for_seed() -> UInt64 {
@@ -56,7 +71,7 @@ struct SoakRandom: RandomNumberGenerator {
 
 struct Counts {
     var rounds = 0, tasks = 0, maps = 0, kills = 0, breaks = 0, cancels = 0
-    var swiftCancels = 0, timeouts = 0, serverKills = 0, violations = 0
+    var swiftCancels = 0, timeouts = 0, serverKills = 0, connectionCuts = 0, violations = 0
 }
 nonisolated(unsafe) var counts = Counts()
 nonisolated(unsafe) var currentRound = (method: "", round: 0, seed: UInt64(0))
@@ -82,13 +97,30 @@ func isDefined(_ error: any Error) -> Bool {
         || error is RemoteTaskError || (error as? ProcessPoolError) != nil
 }
 
+// MARK: ssh
+
+/// Where the ssh rounds connect: the soak's sshd, maybe through the relay.
+struct SSHTarget: Sendable {
+    let server: SoakSSHD
+    let relay: SoakRelay?
+    let options: SSHOptions
+    /// The port the pools connect to (the relay's, if there is one).
+    var port: Int { relay?.port ?? server.port }
+    /// How break reasons name the host.
+    var label: String { "root@127.0.0.1:\(port)" }
+
+    func method(workers: Int) throws -> StartMethod {
+        .ssh([try SSHHost(label, workers: workers)], options: options)
+    }
+}
+
 // MARK: One round
 
-func runRound(method name: String, random: inout SoakRandom) async {
-    let method = try! StartMethod(named: name)
+func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) async {
     let workers = Int.random(in: 1...3, using: &random)
     let pool: ProcessPoolExecutor
     do {
+        let method = try ssh.map { try $0.method(workers: workers) } ?? StartMethod(named: name)
         pool = try ProcessPoolExecutor(maxWorkers: workers, context: method, tasks: testRegistry)
     } catch {
         violation("pool creation failed: \(error)")
@@ -182,7 +214,11 @@ func runRound(method name: String, random: inout SoakRandom) async {
                 counts.kills += 1
                 switch await settle(future) {
                 case .failed(let error as BrokenProcessPool):
-                    if !error.reason.contains("pid") { violation("break reason names no worker: \(error.reason)") }
+                    if let ssh {
+                        if !error.reason.contains(ssh.label) { violation("break reason names no host: \(error.reason)") }
+                    } else if !error.reason.contains("pid") {
+                        violation("break reason names no worker: \(error.reason)")
+                    }
                     broken = true
                     counts.breaks += 1
                 case .failed(let error): violation("a dying worker gave \(error)")
@@ -198,6 +234,51 @@ func runRound(method name: String, random: inout SoakRandom) async {
                     counts.serverKills += 1
                     broken = true
                 }
+            case 88..<92 where ssh != nil && !broken:
+                // The connection is cut (its sshd process SIGKILLed, or the
+                // relay's sockets shut): the pool breaks, naming the host, and
+                // nothing hangs.
+                let ssh = ssh!
+                let future = try pool.submit(Echo(3))
+                counts.tasks += 1
+                switch await settle(future) {
+                case .value(let value): if value != 3 { violation("Echo gave \(value), not 3") }
+                case .failed(let error): violation("Echo failed before the cut: \(error)")
+                case .hung: violation("an Echo future did not settle in 60 s")
+                }
+                // Sometimes mid-task: a task in flight when the connection goes.
+                let inFlight = Bool.random(using: &random) ? try pool.submit(SleepTask(milliseconds: 100)) : nil
+                if inFlight != nil {
+                    counts.tasks += 1
+                    usleep(20_000)
+                }
+                let viaRelay = ssh.relay != nil && Bool.random(using: &random)
+                if viaRelay {
+                    ssh.relay!.cutConnections()
+                } else {
+                    for connection in ssh.server.connectionProcesses() { _ = kill(connection, SIGKILL) }
+                }
+                counts.connectionCuts += 1
+                broken = true
+                let deadline = soakNow() + 60
+                while pool.brokenReason == nil && soakNow() < deadline { usleep(2000) }
+                if let reason = pool.brokenReason {
+                    if !reason.contains(ssh.label) { violation("cut connection: break reason names no host: \(reason)") }
+                    counts.breaks += 1
+                } else {
+                    violation("the pool did not break within 60 s of its connection being cut (\(viaRelay ? "relay" : "SIGKILL"))")
+                }
+                if let inFlight {
+                    switch await settle(inFlight) {
+                    case .value: break  // it finished before the cut
+                    case .failed(let error as BrokenProcessPool):
+                        if !error.reason.contains(ssh.label) { violation("task in flight at the cut: reason names no host: \(error.reason)") }
+                    case .failed(let error): violation("task in flight at the cut failed with \(error)")
+                    case .hung: violation("a task in flight at the cut did not settle in 60 s")
+                    }
+                }
+                let after = try pool.submit(Echo(4))
+                violation("submit after the cut was accepted (\(String(describing: after)))")
             default:
                 let future = try pool.submit(Echo(7))
                 counts.tasks += 1
@@ -239,8 +320,12 @@ func openDescriptors() -> Int {
     return n
 }
 
+/// Children of ours that are not workers (the soak's sshd).
+nonisolated(unsafe) var notWorkers: Set<pid_t> = []
+
 /// Live children and zombies of this process, the forkserver (which lives
-/// for the whole run by design) excepted but its children counted.
+/// for the whole run by design) and the soak's sshd excepted, but the
+/// forkserver's children counted.
 func children() -> (live: Int, zombies: Int) {
     let me = getpid()
     var infos: [(pid: Int32, ppid: Int32, state: Character)] = []
@@ -254,7 +339,7 @@ func children() -> (live: Int, zombies: Int) {
     }
     closedir(dir)
     var live = 0, zombies = 0
-    for child in infos where child.ppid == me {
+    for child in infos where child.ppid == me && !notWorkers.contains(child.pid) {
         let isServer = (readTextFile("/proc/\(child.pid)/environ") ?? "").contains("SWIFT_PROCESSPOOL_ROLE=forkserver")
         let group = isServer ? infos.filter { $0.ppid == child.pid } : [child]
         for process in group { if process.state == "Z" { zombies += 1 } else { live += 1 } }
@@ -274,6 +359,26 @@ signal(SIGPIPE, SIG_IGN)
 print("pool-soak: seed \(seed), \(minutes) min per method, methods \(methods.joined(separator: ","))")
 var random = SoakRandom(state: seed)
 for name in methods {
+    // ssh: the soak's own sshd (and relay) for this method's rounds.
+    var ssh: SSHTarget?
+    if name == "ssh" {
+        guard SoakSSHD.available else {
+            print("pool-soak: ssh needs /usr/sbin/sshd and ssh-keygen (apt-get install openssh-server)")
+            exit(2)
+        }
+        do {
+            let server = try SoakSSHD()
+            notWorkers.insert(server.pid)
+            let relay = useRelay ? try SoakRelay(to: server.port, latency: 0.002, bytesPerSecond: 64_000_000) : nil
+            if let relay { try server.trust(port: relay.port) }
+            ssh = SSHTarget(server: server, relay: relay, options: server.options())
+            print("pool-soak ssh: sshd pid \(server.pid) on 127.0.0.1:\(server.port), directory \(server.directory)"
+                + (relay.map { ", relay on port \($0.port)" } ?? ""))
+        } catch {
+            print("pool-soak: cannot start sshd: \(error)")
+            exit(2)
+        }
+    }
     var clockStart = timespec()
     clock_gettime(CLOCK_MONOTONIC, &clockStart)
     func elapsedSeconds() -> Double {
@@ -290,7 +395,7 @@ for name in methods {
         let roundSeed = random.next()
         currentRound = (name, round, roundSeed)
         var roundRandom = SoakRandom(state: roundSeed)
-        await runRound(method: name, random: &roundRandom)
+        await runRound(method: name, ssh: ssh, random: &roundRandom)
         counts.rounds += 1
         // Every worker of a finished pool is gone and reaped.
         var (live, zombies) = children()
@@ -301,6 +406,17 @@ for name in methods {
             (live, zombies) = children()
         }
         if live > 0 || zombies > 0 { violation("\(live) live workers and \(zombies) zombies after the round") }
+        if let ssh {
+            // No remote worker and no sshd connection outlives its pool.
+            var remote = ssh.server.remoteWorkers(), connections = ssh.server.connectionProcesses()
+            let deadline = soakNow() + 30
+            while (!remote.isEmpty || !connections.isEmpty) && soakNow() < deadline {
+                usleep(10_000)
+                (remote, connections) = (ssh.server.remoteWorkers(), ssh.server.connectionProcesses())
+            }
+            if !remote.isEmpty { violation("remote workers \(remote) still run 30 s after their pool ended") }
+            if !connections.isEmpty { violation("sshd connections \(connections) still open 30 s after their pool ended") }
+        }
         let descriptors = openDescriptors()
         if let baseline = baselineDescriptors {
             if descriptors > baseline + 8 { violation("descriptors grew from \(baseline) to \(descriptors)") }
@@ -322,8 +438,23 @@ for name in methods {
         + "\(c.maps - before.maps) maps, \(c.kills - before.kills) kills, \(c.breaks - before.breaks) breaks, "
         + "\(c.cancels - before.cancels) cancels, \(c.swiftCancels - before.swiftCancels) Swift cancellations, "
         + "\(c.timeouts - before.timeouts) time-outs, \(c.serverKills - before.serverKills) forkserver kills, "
+        + (ssh == nil ? "" : "\(c.connectionCuts - before.connectionCuts) connection cuts, ")
         + "resident \(residentMiB()) MiB, \(openDescriptors()) descriptors, "
         + "\(c.violations - before.violations) violations")
+    if let ssh {
+        // sshd stopped and reaped, its directory (keys, upload cache) removed.
+        currentRound = (name, round + 1, 0)
+        if let relay = ssh.relay {
+            let relayed = relay.connections
+            if !relay.stop() { violation("the relay's threads did not end within 5 s") }
+            print("pool-soak ssh: \(relayed) connections relayed")
+        }
+        for problem in ssh.server.stop() { violation(problem) }
+        notWorkers.remove(ssh.server.pid)
+        if access(ssh.server.directory, F_OK) == 0 { violation("\(ssh.server.directory) is still there") }
+        let (live, zombies) = children()
+        if live > 0 || zombies > 0 { violation("\(live) children and \(zombies) zombies after sshd stopped") }
+    }
 }
 print("pool-soak: \(counts.violations) violations in all (seed \(seed))")
 exit(counts.violations == 0 ? 0 : 1)

@@ -139,6 +139,47 @@ struct ForkServerTests {
         #expect(ProcInfo.eventually(10) { ProcInfo.zombieChildren(of: getpid()).isEmpty })
     }
 
+    @Test("a fresh server killed by a signal before its first answer: the reason names the signal, no bootstrap hint")
+    func freshServerKilledBeforeAnswer() async throws {
+        // A "server" that is SIGKILLed before it can answer: as a forkserver
+        // killed on purpose (pool-soak) or by the OOM killer looks.
+        let gates = Gates()
+        defer { gates.cleanup() }
+        let script = gates.file("killed-server")
+        try "#!/bin/sh\nkill -KILL $$\n".write(toFile: script, atomically: true, encoding: .utf8)
+        #expect(chmod(script, 0o755) == 0)
+        let pool = try ProcessPoolExecutor(maxWorkers: 1, context: .forkserver(executable: script), tasks: testRegistry)
+        do {
+            _ = try await pool.submit(Echo(1)).value
+            Issue.record("a server killed at start served a worker")
+        } catch let error as BrokenProcessPool {
+            #expect(error.reason.contains("forkserver"), "\(error.reason)")
+            #expect(error.reason.contains("SIGKILL"), "\(error.reason)")
+            #expect(!error.reason.contains("bootstrap"), "\(error.reason)")
+        }
+        await pool.shutdown()
+        #expect(ProcInfo.eventually(10) { ProcInfo.zombieChildren(of: getpid()).isEmpty })
+    }
+
+    @Test("a server that exits with a code before its first answer keeps the bootstrap hint and names the code")
+    func freshServerExitsWithCode() async throws {
+        let gates = Gates()
+        defer { gates.cleanup() }
+        let script = gates.file("exiting-server")
+        try "#!/bin/sh\nexit 3\n".write(toFile: script, atomically: true, encoding: .utf8)
+        #expect(chmod(script, 0o755) == 0)
+        let pool = try ProcessPoolExecutor(maxWorkers: 1, context: .forkserver(executable: script), tasks: testRegistry)
+        do {
+            _ = try await pool.submit(Echo(1)).value
+            Issue.record("a server that exits at start served a worker")
+        } catch let error as BrokenProcessPool {
+            #expect(error.reason.contains("bootstrap"), "\(error.reason)")
+            #expect(error.reason.contains("exit code 3"), "\(error.reason)")
+        }
+        await pool.shutdown()
+        #expect(ProcInfo.eventually(10) { ProcInfo.zombieChildren(of: getpid()).isEmpty })
+    }
+
     @Test("100 pools share one server and leave no descriptor or zombie behind")
     func hundredPools() async throws {
         // Start the server first: its own two descriptors stay for the run.

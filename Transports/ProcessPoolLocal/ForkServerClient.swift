@@ -139,11 +139,38 @@ enum ForkServerClient {
         return (pid, pidfd)
     }
 
-    /// The error for a server that went away; with a hint if it never
-    /// served: its program may not call bootstrap.
+    /// The error for a server that went away. A server that never served
+    /// and exited with a code (or hung up while still running) may be a
+    /// program whose `main` does not call bootstrap: the reason says so. One
+    /// killed by a signal (SIGKILL from a user, the OOM killer) is just
+    /// that: the reason names the signal and gives no hint.
     private static func gone(_ server: ForkServerProcess, _ detail: String) -> ServerGone {
-        let hint = server.hasServed ? ""
-            : "; does main() of \(server.executable) call ProcessPoolExecutor.bootstrap first?"
-        return ServerGone(pid: server.pid, detail: detail + hint)
+        let status = endStatus(of: server)
+        var text = detail
+        if let status { text += " (\(status))" }
+        if !server.hasServed {
+            if case .signaled = status {} else {
+                text += "; does main() of \(server.executable) call ProcessPoolExecutor.bootstrap first?"
+            }
+        }
+        return ServerGone(pid: server.pid, detail: text)
+    }
+
+    /// How the server ended, if it has (waiting up to 500 ms for a server
+    /// that dropped its sockets to finish exiting); nil while it runs. The
+    /// server is left unreaped (`WNOWAIT`): `dispose()` reaps it.
+    private static func endStatus(of server: ForkServerProcess) -> WorkerExit? {
+        var fds = [pollfd(fd: server.pidfd, events: Int16(POLLIN), revents: 0)]
+        guard Syscall.poll(&fds, timeoutMilliseconds: 500) > 0 else { return nil }
+        var info = siginfo_t()
+        let pidfdType = idtype_t(rawValue: 3)  // P_PIDFD (Linux 5.4)
+        guard Syscall.retrying({ waitid(pidfdType, id_t(server.pidfd), &info, WEXITED | WNOHANG | WNOWAIT) }) == 0,
+              info._sifields._sigchld.si_pid != 0 else { return nil }
+        let code = info._sifields._sigchld.si_status
+        switch info.si_code {
+        case Int32(CLD_EXITED): return .exited(code)
+        case Int32(CLD_KILLED), Int32(CLD_DUMPED): return .signaled(code)
+        default: return nil
+        }
     }
 }
