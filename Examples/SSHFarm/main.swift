@@ -9,7 +9,9 @@ import ProcessPoolSSH
 //   swift run -c release ssh-farm [options] --hosts FILE [N]   (lines: "user@host:port WORKERS")
 //
 // options: --identity FILE, --known-hosts FILE, --accept-new, --cache DIR,
-//          --chunks N, --bench (also time the first result and 20,000 trivial tasks)
+//          --chunks N, --bench (also time the first result and 20,000 trivial tasks),
+//          --retries N (FailurePolicy.retry: a lost worker or host does not stop
+//          the run; its chunks run again elsewhere, up to N attempts each)
 //
 // This program uploads itself to each host (cached by its SHA-256): build it
 // with `--static-swift-stdlib` so the hosts need no Swift installed.
@@ -61,6 +63,7 @@ var options = SSHOptions()
 var limit = 2_000_000
 var chunks = 64
 var bench = false
+var policy = FailurePolicy.breakPool
 var arguments = Array(CommandLine.arguments.dropFirst())
 while !arguments.isEmpty {
     let argument = arguments.removeFirst()
@@ -75,6 +78,7 @@ while !arguments.isEmpty {
     case "--cache": options.remoteCacheDirectory = value()
     case "--chunks": chunks = Int(value()) ?? chunks
     case "--bench": bench = true
+    case "--retries": policy = .retry(maxAttempts: Int(value()) ?? 3)
     case "--hosts":
         let path = value()
         guard let file = fopen(path, "r") else { fail("cannot read \(path)") }
@@ -108,9 +112,9 @@ func now() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-func run(hosts: [SSHHost], options: SSHOptions, limit: Int, chunks: Int, bench: Bool) async throws {
+func run(hosts: [SSHHost], options: SSHOptions, limit: Int, chunks: Int, bench: Bool, policy: FailurePolicy) async throws {
     let created = now()
-    let pool = try ProcessPoolExecutor(context: .ssh(hosts, options: options), tasks: registry)
+    let pool = try ProcessPoolExecutor(context: .ssh(hosts, options: options), tasks: registry, failurePolicy: policy)
     _ = try await pool.submit(Ping()).value
     print("workers: \(pool.maxWorkers) on \(hosts.count) host(s); first result after \(Int((now() - created) * 1000)) ms")
     if bench {
@@ -138,7 +142,7 @@ func run(hosts: [SSHHost], options: SSHOptions, limit: Int, chunks: Int, bench: 
 }
 
 do {
-    try await run(hosts: hosts, options: options, limit: limit, chunks: chunks, bench: bench)
+    try await run(hosts: hosts, options: options, limit: limit, chunks: chunks, bench: bench, policy: policy)
 } catch {
     print("error: \(error)")
     exit(1)

@@ -94,9 +94,13 @@ final class SSHDFixture: @unchecked Sendable {
     func connectionProcesses() -> [pid_t] { processes().filter { $0.ppid == pid }.map(\.pid) }
 
     /// Worker processes serving over this server's connections.
-    func remoteWorkers() -> [pid_t] {
-        let sessions = Set(connectionProcesses())
+    func remoteWorkers() -> [pid_t] { remoteWorkers(listener: pid) }
+
+    /// Worker processes serving over the connections of the sshd `listener`
+    /// (this server's, or one restarted on its configuration).
+    func remoteWorkers(listener: pid_t) -> [pid_t] {
         let all = processes()
+        let sessions = Set(all.filter { $0.ppid == listener }.map(\.pid))
         // sshd's per-connection process forks a per-user child on privilege separation.
         let inner = sessions.union(all.filter { sessions.contains($0.ppid) }.map(\.pid))
         return all.filter { inner.contains($0.ppid) && readText("/proc/\($0.pid)/environ").contains("SWIFT_PROCESSPOOL_ROLE=worker:1:stdio:0") }.map(\.pid)

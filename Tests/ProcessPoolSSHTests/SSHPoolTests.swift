@@ -178,6 +178,26 @@ struct SSHPoolTests {
         }
     }
 
+    @Test("the ssh-farm example runs with retries on (--retries)")
+    func farmWithRetries() async throws {
+        try await withServer { server in
+            guard access(farmExecutable, X_OK) == 0 else {
+                Issue.record("ssh-farm not built at \(farmExecutable)")
+                return
+            }
+            let farm = try spawn([farmExecutable, "--identity", server.clientKey, "--known-hosts", server.knownHosts,
+                                  "--cache", server.cache, "--retries", "3", "root@127.0.0.1:\(server.port)=2",
+                                  "200000", "--chunks", "8"],
+                                 stderr: server.directory + "/farm.log", stdout: server.directory + "/farm.out")
+            var status: Int32 = 0
+            #expect(eventually(120) { waitpid(farm, &status, WNOHANG) == farm }, "\(readText(server.directory + "/farm.log"))")
+            #expect(status == 0)
+            // pi(200,000) = 17,984.
+            #expect(readText(server.directory + "/farm.out").contains("primes below 200000: 17984"),
+                    "\(readText(server.directory + "/farm.out"))")
+        }
+    }
+
     @Test("destinations parse")
     func destinations() throws {
         let host = try SSHHost("alice@example.org:2200", workers: 3)

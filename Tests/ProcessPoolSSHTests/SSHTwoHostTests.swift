@@ -1,4 +1,6 @@
 import Glibc
+import Logging
+import Synchronization
 import PoolTestSupport
 import ProcessPool
 import ProcessPoolSSH
@@ -46,4 +48,100 @@ struct SSHTwoHostTests {
             }
         }
     }
+
+    @Test("retry: a host lost mid-map; the map completes on the other host, and the lost host rejoins when its sshd is back")
+    func hostLostWithRetries() async throws {
+        try await withServer { a in
+            try await withServer { b in
+                var options = try Self.options(a, b)
+                options.connectTimeout = .seconds(3)
+                let log = CapturedLog()
+                let pool = try ProcessPoolExecutor(
+                    context: .ssh([try a.host(workers: 1), try b.host(workers: 1)], options: options),
+                    tasks: testRegistry, logger: log.logger, failurePolicy: .retry(maxAttempts: 5))
+                var values: [Int] = []
+                var restarted: pid_t?
+                for try await output in try pool.map((0..<300).map { TaggedEcho($0, microseconds: 3_000) }) {
+                    values.append(output.value)
+                    if values.count == 60 {
+                        // Host b goes down: its connections and its listener die.
+                        for pid in b.connectionProcesses() { kill(pid, SIGKILL) }
+                        kill(b.pid, SIGKILL)
+                    }
+                }
+                #expect(values == Array(0..<300), "every result once, in order, though host b was lost")
+                #expect(pool.brokenReason == nil)
+                // The pool keeps trying host b, backing off.
+                let gate = a.directory + "/never"
+                let holders = try (0..<2).map { _ in try pool.submit(WaitForFile(path: gate)) }
+                #expect(eventually(30) { log.count(containing: "could not start one more worker") >= 2 },
+                        "the pool tried host b again after failing; it logged: \(log.all)")
+                // Host b comes back on the same port: it rejoins.
+                restarted = try spawn([SSHDFixture.sshd, "-D", "-f", b.directory + "/sshd_config", "-e"],
+                                      stderr: b.directory + "/sshd2.log")
+                #expect(eventually(60) { b.remoteWorkers(listener: restarted!).count == 1 }, "host b rejoined the pool")
+                for holder in holders { holder.interrupt() }
+                #expect(try await settle(pool.submit(Echo(3))) == 3)
+                await pool.shutdown()
+                #expect(eventually(30) { a.remoteWorkers().isEmpty && b.remoteWorkers(listener: restarted!).isEmpty })
+                if let restarted {
+                    kill(restarted, SIGTERM)
+                    var status: Int32 = 0
+                    _ = waitpid(restarted, &status, 0)
+                }
+            }
+        }
+    }
+
+    @Test("interrupt over ssh: the remote worker is stopped and replaced; the pool stays healthy")
+    func interruptOverSSH() async throws {
+        try await withServer { server in
+            let pool = try ProcessPoolExecutor(context: .ssh([try server.host(workers: 1)], options: server.options()),
+                                               tasks: testRegistry)
+            let blocker = try pool.submit(WaitForFile(path: server.directory + "/never"))
+            #expect(eventually(30) { blocker.isRunning && !server.remoteWorkers().isEmpty })
+            let first = Set(server.remoteWorkers())
+            #expect(blocker.interrupt())
+            do {
+                _ = try await blocker.value
+                Issue.record("the interrupted task returned")
+            } catch is CancellationError {}
+            #expect(try await settle(pool.submit(Echo(4))) == 4)
+            #expect(eventually(30) { first.isDisjoint(with: server.remoteWorkers()) }, "the old remote worker is gone")
+            // And a time limit over ssh.
+            do {
+                _ = try await settle(pool.submit(WaitForFile(path: server.directory + "/never"), timeLimit: .milliseconds(500)))
+                Issue.record("the endless task returned")
+            } catch let exceeded as TaskTimeLimitExceeded {
+                #expect(exceeded.worker.contains("127.0.0.1:\(server.port)"), "\(exceeded)")
+            }
+            #expect(pool.brokenReason == nil)
+            await pool.shutdown()
+            #expect(eventually(30) { server.remoteWorkers().isEmpty })
+        }
+    }
+}
+
+/// A logger that keeps what the pool says, for tests to wait on.
+final class CapturedLog: LogHandler, @unchecked Sendable {
+    private let lines = Mutex<[String]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    var logger: Logger { Logger(label: "captured") { _ in self } }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        lines.withLock { $0.append("\(event.message) \(event.metadata ?? [:])") }
+    }
+
+    /// Everything logged so far.
+    var all: [String] { lines.withLock { $0 } }
+
+    /// How many lines so far contain `text`.
+    func count(containing text: String) -> Int { lines.withLock { $0.count { $0.contains(text) } } }
 }

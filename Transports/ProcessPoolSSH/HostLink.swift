@@ -48,6 +48,10 @@ final class HostLink: @unchecked Sendable {
     private var channels: [Int: WorkerChannel] = [:]
     private var remotePath: String?
     private var connectError: SSHError?
+    /// When `connectError` happened.
+    private var connectFailedAt: UInt64 = 0
+    /// How long a failed connection's error answers further launches.
+    static let reconnectAfter: UInt64 = 900_000_000
 
     /// sshd's MaxSessions is 10 per connection: 9 workers and room for a signal.
     private static let channelsPerSession = 9
@@ -184,8 +188,10 @@ final class HostLink: @unchecked Sendable {
             sessions.append(session)
         } catch let error as SSHError {
             connectError = error
+            connectFailedAt = MonotonicClock.now()
         } catch {
             connectError = .failed(host: host.label, "\(error)")
+            connectFailedAt = MonotonicClock.now()
         }
     }
 
@@ -211,8 +217,11 @@ final class HostLink: @unchecked Sendable {
             }
             channel.closeRequested = true
         case .released(let id):
-            load.subtract(1, ordering: .relaxed)
-            guard let channel = channels.removeValue(forKey: id) else { return }
+            guard let channel = channels.removeValue(forKey: id) else {
+                load.subtract(1, ordering: .relaxed)
+                return
+            }
+            releaseSlot(channel)
             if !channel.finished { channel.closeRequested = true; orphans.append(channel) }
         case .shutdown:
             break
@@ -235,7 +244,16 @@ final class HostLink: @unchecked Sendable {
     /// Opens an exec channel running the worker and wires it to a socketpair;
     /// nil while the session has a send half written (try again later).
     private func launch() throws -> (any WorkerConnection)? {
-        if let connectError { throw connectError }
+        if let failed = connectError {
+            // The host was unreachable: launches asked at about the same
+            // time share that answer; a later one (the pool paces its
+            // retries, a second apart at least) tries again, so that a host
+            // that comes back rejoins the pool.
+            guard MonotonicClock.now() &- connectFailedAt >= HostLink.reconnectAfter else { throw failed }
+            connectError = nil
+            connectFirst()
+            if let connectError { throw connectError }
+        }
         guard let remotePath else { throw SSHError.failed(host: host.label, "no worker executable") }
         let session: SSHSession
         if let existing = sessions.first(where: { $0.channelCount < HostLink.channelsPerSession && !$0.hungUp }) {
@@ -280,7 +298,12 @@ final class HostLink: @unchecked Sendable {
         }
         let id = SSHLaunchSession.nextWorkerID.add(1, ordering: .relaxed).newValue
         let connection = RemoteWorkerConnection(id: id, stream: fds[0], exitEvent: event, link: self)
-        channels[id] = WorkerChannel(connection: connection, session: session, channel: handle, socket: fds[1], logger: logger)
+        let channel = WorkerChannel(connection: connection, session: session, channel: handle, socket: fds[1], logger: logger)
+        // The slot is free as soon as the worker ends, before the core hears
+        // of it: a replacement then goes back to this host (and fails here,
+        // paced by the pool, while it is down) instead of crowding others.
+        channel.onFinish = { [unowned self, unowned channel] in self.releaseSlot(channel) }
+        channels[id] = channel
         session.channelCount += 1
         return connection
     }
@@ -364,6 +387,13 @@ final class HostLink: @unchecked Sendable {
             }
         }
         return timeout
+    }
+
+    /// Gives `channel`'s slot back to the host's count, once.
+    private func releaseSlot(_ channel: WorkerChannel) {
+        guard !channel.slotReleased else { return }
+        channel.slotReleased = true
+        load.subtract(1, ordering: .relaxed)
     }
 
     /// Every worker on `session` is lost; the session goes.

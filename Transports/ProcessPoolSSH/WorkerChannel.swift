@@ -17,6 +17,12 @@ struct SessionLost: Error {
 /// record (`SSHSession.maySend`/`noteSend`): while another call's packet is
 /// half written, this channel neither reads nor writes.
 final class WorkerChannel {
+    /// The host's slot this worker took has been given back (its
+    /// connection was lost, or the core let go of it): counted once.
+    var slotReleased = false
+    /// Runs (on the host thread) when the channel finishes, before the core
+    /// hears of it: the host link frees the worker's slot there.
+    var onFinish: (() -> Void)?
     let connection: RemoteWorkerConnection
     let session: SSHSession
     let channel: OpaquePointer
@@ -351,6 +357,8 @@ final class WorkerChannel {
         guard !finished else { return }
         finished = true
         session.clearPending(of: self)
+        onFinish?()
+        onFinish = nil
         connection.finish(exit)
         _ = libssh2_channel_free(channel)
         _ = shutdown(socket, Int32(SHUT_RDWR))

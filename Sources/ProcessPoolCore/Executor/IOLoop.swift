@@ -38,6 +38,7 @@ final class IOLoop: @unchecked Sendable {
                     if let eof = slot.eofDeadline { deadline = min(deadline, eof) }
                     if let limit = slot.headDeadline { deadline = min(deadline, limit) }
                 }
+                if let relaunch = core.relaunchAt { deadline = min(deadline, relaunch) }
                 core.ioSleeping = true
                 if deadline == .max { return -1 }
                 let now = MonotonicClock.now()
@@ -252,6 +253,14 @@ final class IOLoop: @unchecked Sendable {
                 slot.signalled = true
                 slot.connection.kill()
                 slot.eofDeadline = nil
+            }
+        }
+        // Workers that could not start: try again (FailurePolicy.retry).
+        if let relaunch = core.relaunchAt, now >= relaunch {
+            core.relaunchAt = nil
+            let wanted = !core.pending.isEmpty || core.launcher.startsAllWorkersAtOnce
+            if core.broken == nil && !core.shutdownRequested && wanted {
+                for _ in 0..<max(0, core.maxWorkers - core.liveWorkerCount) { core.launchLocked() }
             }
         }
         // Shutdown: once no work is left, ask every worker to exit.

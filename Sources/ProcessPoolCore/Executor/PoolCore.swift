@@ -37,6 +37,12 @@ package final class PoolCore: @unchecked Sendable {
     /// is failing, and retrying would start processes for ever).
     var earlyDeaths = 0
     static let maxEarlyDeaths = 3
+    /// When to try again to start the workers that could not start
+    /// (FailurePolicy.retry), and the wait after the next failure.
+    var relaunchAt: UInt64?
+    var launchBackoff = PoolCore.firstLaunchBackoff
+    static let firstLaunchBackoff: UInt64 = 1_000_000_000
+    static let maxLaunchBackoff: UInt64 = 30_000_000_000
 
     /// Work to do once the lock is released (failing and cancelling futures
     /// runs their callbacks, which may call back into the pool).
@@ -216,6 +222,7 @@ package final class PoolCore: @unchecked Sendable {
                 launching -= 1
                 switch result {
                 case .success(let connection):
+                    launchBackoff = PoolCore.firstLaunchBackoff
                     adopt(connection)
                 case .failure(let error):
                     // One more worker could not start (EAGAIN, EMFILE, a host
@@ -227,6 +234,12 @@ package final class PoolCore: @unchecked Sendable {
                     } else {
                         logger.info("could not start one more worker; carrying on",
                                     metadata: ["error": "\(error)", "workers": "\(liveWorkerCount)"])
+                        // Under FailurePolicy.retry the pool tries again later,
+                        // backing off, so that a host that comes back rejoins.
+                        if failurePolicy.maxAttempts != nil && broken == nil && !shutdownRequested {
+                            relaunchAt = MonotonicClock.now() &+ launchBackoff
+                            launchBackoff = min(launchBackoff * 2, PoolCore.maxLaunchBackoff)
+                        }
                     }
                 }
                 wakeLocked()
