@@ -283,7 +283,10 @@ package final class PoolCore: @unchecked Sendable {
         var timedDispatch = false
         while !pending.isEmpty {
             var best: WorkerSlot?
-            for slot in workers where slot.canTakeWork {
+            // An item with a time limit goes only to a worker with nothing
+            // in hand, so that it is timed from when it really starts.
+            let needsIdle = pending.first?.timeLimit != nil
+            for slot in workers where slot.canTakeWork && (!needsIdle || (slot.inFlight.isEmpty && !slot.hasOutbound)) {
                 if best == nil || slot.inFlight.count < best!.inFlight.count { best = slot }
             }
             guard let slot = best else { break }
@@ -349,20 +352,22 @@ package final class PoolCore: @unchecked Sendable {
 
     // MARK: Interrupting and retrying
 
-    /// Interrupts `sink`'s item (``TaskFuture/interrupt()``): still pending,
-    /// it is cancelled; running, its worker is stopped (and replaced), the
-    /// other items that worker held are queued again, and the item ends
-    /// cancelled; queued in a worker behind another item, it ends cancelled
-    /// and its results are ignored. False if the pool does not hold it.
+    /// Interrupts `sink`'s item (``TaskFuture/interrupt()``): its worker is
+    /// stopped (and replaced), the item ends cancelled and the other items
+    /// that worker held are queued again. That holds for an item queued in
+    /// the worker behind others too: a worker may already be running an item
+    /// whose predecessors' results it has not sent yet, so the pool cannot
+    /// tell which it runs. False if no worker holds it.
     package func interrupt(_ sink: any WorkSink) -> Bool {
         locked { () -> Bool in
             for slot in workers where !slot.interrupted && slot.exit == nil {
                 guard let index = slot.inFlight.firstIndex(where: { $0.sink === sink }) else { continue }
-                if index == 0 {
-                    interruptLocked(slot) { $0.sink.interrupted() }
-                } else {
-                    afterUnlock.append { sink.interrupted() }
-                }
+                var items = slot.inFlight.drain()
+                let target = items.remove(at: index)
+                afterUnlock.append { target.sink.interrupted() }
+                for item in items { slot.inFlight.append(item) }
+                slot.headStartedAt = 0
+                interruptLocked(slot, settlesHead: false) { _ in }
                 return true
             }
             return false
@@ -372,13 +377,13 @@ package final class PoolCore: @unchecked Sendable {
     /// Stops `slot`'s worker to end its running item, which `end` settles;
     /// the items queued behind it go back to the front of the queue, and a
     /// replacement starts when its exit is collected (lock held).
-    func interruptLocked(_ slot: WorkerSlot, end: @escaping (WorkItem) -> Void) {
-        guard let head = slot.inFlight.popFirst() else { return }
-        afterUnlock.append { end(head) }
+    func interruptLocked(_ slot: WorkerSlot, settlesHead: Bool = true, end: @escaping (WorkItem) -> Void) {
+        let head = settlesHead ? slot.inFlight.popFirst() : nil
+        if let head { afterUnlock.append { end(head) } }
         requeueLocked(slot.inFlight.drain())
         slot.interrupted = true
         logger.debug("worker stopped to interrupt its task",
-                     metadata: ["worker": "\(slot.label)", "task": "\(head.taskName)"])
+                     metadata: ["worker": "\(slot.label)", "task": "\(head?.taskName ?? "")"])
         abandonStreamLocked(slot)
         wakeLocked()
     }

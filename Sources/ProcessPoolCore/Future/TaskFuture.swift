@@ -119,10 +119,11 @@ public final class TaskFuture<Output: Sendable>: Sendable {
     /// A pending task is cancelled as by ``cancel()``. A running one is
     /// interrupted: the pool stops the worker running it and starts another
     /// in its place, the other work that worker held goes back to the queue
-    /// (it is not failed), and this future ends cancelled (its `value`
-    /// throws `CancellationError`). The pool stays usable. A task already
-    /// sent to a worker but still queued there behind another one is
-    /// cancelled without stopping anyone: its result is ignored.
+    /// (it is not failed; a task it had finished but not yet reported runs
+    /// again), and this future ends cancelled (its `value` throws
+    /// `CancellationError`). The pool stays usable. A task already sent to a
+    /// worker but queued there behind others is interrupted the same way:
+    /// the pool cannot tell which of the tasks it sent a worker is running.
     ///
     /// - Returns: True if the future is now cancelled; false if it had
     ///   already finished (or was not made by a pool).

@@ -60,6 +60,8 @@ final class WorkerLoop {
     var configured = false
     var averageNanos: Double = 0
     var finished: Int32? = nil
+    /// When the oldest result not yet written was made (0: none waits).
+    var bufferedSince: UInt64 = 0
 
     init(stream: WorkerStream, registry: TaskRegistry) {
         self.stream = stream
@@ -86,8 +88,12 @@ final class WorkerLoop {
         }
     }
 
+    /// How long results may wait for others to share their write.
+    static let flushAfterNanos: UInt64 = 50_000
+
     private func flush() {
         cpp_flush_stdout()
+        bufferedSince = 0
         guard out.count > 0 else { return }
         let ok = out.writer.bytes.withUnsafeBytes { stream.writeAll($0) }
         if !ok { finished = finished ?? 0 }
@@ -130,11 +136,11 @@ final class WorkerLoop {
         case .run:
             guard configured else { throw ProtocolViolation("run before configure") }
             let header = try RunHeader(from: &reader)
-            // Results already made go out before the next call runs: a long
-            // call must not hold back the results of the short ones before
-            // it (the parent also times each item from the results of the
-            // one before).
-            flush()
+            // Results waiting for more than `flushAfterNanos` go out before
+            // the next call runs: a long call must not hold back the results
+            // of the ones before it for long, while results of tiny calls
+            // still leave many to a write.
+            if out.count > 0 && cpp_monotonic_ns() &- bufferedSince >= WorkerLoop.flushAfterNanos { flush() }
             let started = cpp_monotonic_ns()
             let timeMark = ResultsHeader(itemID: header.itemID, runNanos: 0, count: header.count,
                                          layout: .separate).write(to: &out)
@@ -179,6 +185,7 @@ final class WorkerLoop {
                 }
             }
             if averageNanos > batchThresholdNanos || out.count > 1 << 20 { flush() }
+            if out.count > 0 && bufferedSince == 0 { bufferedSince = cpp_monotonic_ns() }
         case .exit:
             goodbye(.exitRequested)
         case .hello, .ready, .results, .goodbye, .attachments:
