@@ -8,15 +8,26 @@
 // memory stops growing after warm-up. Every violation is printed with the
 // seed and round that replay it.
 //
+// It also exercises surviving faults (SoakFaults.swift): some rounds use a
+// pool with `FailurePolicy.retry(maxAttempts: k)`, where maps run while
+// workers are SIGKILLed (or, over ssh, the connection is cut) and must still
+// deliver every result once and in order, and a poison task must fail alone
+// with `WorkerLost` after exactly k attempts; and every round may interrupt a
+// running task (`TaskFuture.interrupt()`) or submit endless tasks with a
+// short time limit, which must end with `TaskTimeLimitExceeded`.
+//
 // `--methods ...,ssh` adds the ssh start method: the soak starts its own sshd
 // on loopback with throwaway keys (SoakSSHD.swift), optionally behind a
-// throttling relay (`--relay`, SoakRelay.swift), uploads itself as the worker
+// throttling relay (`--relay`, PoolTestSupport's ThrottlingRelay), uploads itself as the worker
 // and runs the same rounds, with the connection cut (its sshd process
 // SIGKILLed, or the relay's sockets shut) instead of a forkserver killed. It
 // also checks that no remote worker or sshd connection outlives its pool, and
 // that sshd is stopped and its directory removed at the end.
 //
 //   swift run -c release pool-soak --minutes 10 [--seed S] [--methods fork,spawn,forkserver,ssh] [--relay]
+//
+// `--replay R` runs only the round whose seed a violation printed (seed=R),
+// over and over for the given minutes; POOL_SOAK_TRACE=1 prints each action.
 import Glibc
 import PoolTestSupport
 import ProcessPool
@@ -32,6 +43,7 @@ var minutes = 1.0
 var seed = UInt64(cpp_monotonic_ns_for_seed())
 var methods = ["fork", "spawn", "forkserver"]
 var useRelay = false
+var replaySeed: UInt64?
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     switch argument {
@@ -39,8 +51,9 @@ while let argument = arguments.next() {
     case "--seed": seed = UInt64(arguments.next() ?? "") ?? seed
     case "--methods": methods = (arguments.next() ?? "").split(separator: ",").map(String.init)
     case "--relay": useRelay = true
+    case "--replay": replaySeed = UInt64(arguments.next() ?? "")
     default:
-        print("usage: pool-soak [--minutes N] [--seed S] [--methods fork,spawn,forkserver,ssh] [--relay]")
+        print("usage: pool-soak [--minutes N] [--seed S] [--methods fork,spawn,forkserver,ssh] [--relay] [--replay ROUNDSEED]")
         exit(2)
     }
 }
@@ -72,13 +85,20 @@ struct SoakRandom: RandomNumberGenerator {
 struct Counts {
     var rounds = 0, tasks = 0, maps = 0, kills = 0, breaks = 0, cancels = 0
     var swiftCancels = 0, timeouts = 0, serverKills = 0, connectionCuts = 0, violations = 0
+    // Surviving faults (SoakFaults.swift).
+    var retryRounds = 0, retryMaps = 0, retryKills = 0, retryCuts = 0, poisons = 0
+    var interrupts = 0, timeLimitsHit = 0
 }
 nonisolated(unsafe) var counts = Counts()
 nonisolated(unsafe) var currentRound = (method: "", round: 0, seed: UInt64(0))
 
+/// POOL_SOAK_TRACE=1 prints each action as it starts (to find a hang).
+let tracing = getenv("POOL_SOAK_TRACE") != nil
+
 func violation(_ what: String) {
     counts.violations += 1
     print("VIOLATION seed=\(currentRound.seed) method=\(currentRound.method) round=\(currentRound.round): \(what)")
+    fflush(nil)  // kept even if the soak is killed while hung, output in a file
 }
 
 /// The outcome of a future, waited for within `seconds` (a hang is a violation).
@@ -102,7 +122,7 @@ func isDefined(_ error: any Error) -> Bool {
 /// Where the ssh rounds connect: the soak's sshd, maybe through the relay.
 struct SSHTarget: Sendable {
     let server: SoakSSHD
-    let relay: SoakRelay?
+    let relay: ThrottlingRelay?
     let options: SSHOptions
     /// The port the pools connect to (the relay's, if there is one).
     var port: Int { relay?.port ?? server.port }
@@ -118,10 +138,13 @@ struct SSHTarget: Sendable {
 
 func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) async {
     let workers = Int.random(in: 1...3, using: &random)
+    // Some rounds retry work lost with a dead worker instead of breaking.
+    let retryAttempts: Int? = Int.random(in: 0..<10, using: &random) < 4 ? Int.random(in: 2...5, using: &random) : nil
     let pool: ProcessPoolExecutor
     do {
         let method = try ssh.map { try $0.method(workers: workers) } ?? StartMethod(named: name)
-        pool = try ProcessPoolExecutor(maxWorkers: workers, context: method, tasks: testRegistry)
+        pool = try ProcessPoolExecutor(maxWorkers: workers, context: method, tasks: testRegistry,
+                                       failurePolicy: retryAttempts.map { .retry(maxAttempts: $0) } ?? .breakPool)
     } catch {
         violation("pool creation failed: \(error)")
         return
@@ -130,9 +153,25 @@ func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) as
     let actions = Int.random(in: 3...12, using: &random)
     var broken = false
     for _ in 0..<actions {
-        let action = Int.random(in: 0..<100, using: &random)
+        let action = Int.random(in: 0..<116, using: &random)
+        if tracing {
+            print("trace round \(currentRound.round): action \(action), retry \(retryAttempts.map(String.init) ?? "-"), workers \(workers)")
+            fflush(nil)
+        }
         do {
             switch action {
+            case 30..<50 where retryAttempts != nil:
+                // Workers killed during a map: every result still arrives, once, in order.
+                await retryMap(pool, ssh: ssh, attempts: retryAttempts!, workers: workers, random: &random)
+            case 78..<88 where retryAttempts != nil:
+                // A poison task among good ones fails alone, after exactly k attempts.
+                try await poisonTask(pool, ssh: ssh, attempts: retryAttempts!, random: &random)
+            case 100..<108 where !broken:
+                // A running task interrupted: cancelled; the rest runs; the pool stays healthy.
+                try await interruptRunning(pool, random: &random)
+            case 108..<116 where !broken:
+                // Endless tasks with short time limits among quick ones.
+                try await timeLimits(pool, random: &random)
             case 0..<30:
                 // Payloads of every shape and size, checked byte for byte.
                 let shape = SweepShape.allCases.randomElement(using: &random)!
@@ -225,7 +264,7 @@ func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) as
                 case .value: violation("a dying task returned a value")
                 case .hung: violation("a dying worker's future did not settle")
                 }
-            case 88..<92 where name == "forkserver":
+            case 88..<92 where name == "forkserver" && retryAttempts == nil:
                 // The forkserver itself is killed: its pools break, the next gets a new one.
                 let future = try pool.submit(SleepTask(milliseconds: 1))
                 _ = await settle(future)
@@ -234,7 +273,7 @@ func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) as
                     counts.serverKills += 1
                     broken = true
                 }
-            case 88..<92 where ssh != nil && !broken:
+            case 88..<92 where ssh != nil && !broken && retryAttempts == nil:
                 // The connection is cut (its sshd process SIGKILLed, or the
                 // relay's sockets shut): the pool breaks, naming the host, and
                 // nothing hangs.
@@ -285,11 +324,18 @@ func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) as
                 pending.append((future, 7))
             }
         } catch {
-            // submit/map refused: only after the pool broke.
-            if !(error is BrokenProcessPool) || !broken {
+            // submit/map refused: only after the pool broke (never under retry).
+            if retryAttempts != nil {
+                violation("submit threw \(error) in a pool with retry(maxAttempts: \(retryAttempts!))")
+                broken = true
+            } else if !(error is BrokenProcessPool) || !broken {
                 if error is BrokenProcessPool { broken = true } else { violation("submit threw \(error)") }
             }
         }
+    }
+    if let retryAttempts {
+        counts.retryRounds += 1
+        if let reason = pool.brokenReason { violation("a pool with retry(maxAttempts: \(retryAttempts)) broke: \(reason)") }
     }
     // Every way of ending a pool.
     switch Int.random(in: 0..<6, using: &random) {
@@ -369,7 +415,7 @@ for name in methods {
         do {
             let server = try SoakSSHD()
             notWorkers.insert(server.pid)
-            let relay = useRelay ? try SoakRelay(to: server.port, latency: 0.002, bytesPerSecond: 64_000_000) : nil
+            let relay = useRelay ? try ThrottlingRelay(to: server.port, latency: 0.002, bytesPerSecond: 64_000_000) : nil
             if let relay { try server.trust(port: relay.port) }
             ssh = SSHTarget(server: server, relay: relay, options: server.options())
             print("pool-soak ssh: sshd pid \(server.pid) on 127.0.0.1:\(server.port), directory \(server.directory)"
@@ -392,7 +438,8 @@ for name in methods {
     let before = counts
     while elapsedSeconds() < minutes * 60 {
         round += 1
-        let roundSeed = random.next()
+        // --replay: the round a violation named (its seed=), again and again.
+        let roundSeed = replaySeed ?? random.next()
         currentRound = (name, round, roundSeed)
         var roundRandom = SoakRandom(state: roundSeed)
         await runRound(method: name, ssh: ssh, random: &roundRandom)
@@ -441,6 +488,11 @@ for name in methods {
         + (ssh == nil ? "" : "\(c.connectionCuts - before.connectionCuts) connection cuts, ")
         + "resident \(residentMiB()) MiB, \(openDescriptors()) descriptors, "
         + "\(c.violations - before.violations) violations")
+    let retryLine = "\(c.retryRounds - before.retryRounds) retry rounds (\(c.retryMaps - before.retryMaps) maps), "
+        + "\(c.retryKills - before.retryKills) workers killed under retry"
+        + (ssh == nil ? "" : ", \(c.retryCuts - before.retryCuts) connections cut under retry")
+    print("pool-soak \(name) faults: \(retryLine), \(c.poisons - before.poisons) poison tasks, "
+        + "\(c.interrupts - before.interrupts) interrupts, \(c.timeLimitsHit - before.timeLimitsHit) time limits hit")
     if let ssh {
         // sshd stopped and reaped, its directory (keys, upload cache) removed.
         currentRound = (name, round + 1, 0)

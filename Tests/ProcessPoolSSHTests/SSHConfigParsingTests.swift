@@ -1,4 +1,5 @@
 import Glibc
+import PoolTestSupport
 import ProcessPool
 import ProcessPoolSSH
 import Testing

@@ -150,4 +150,51 @@ struct FailurePolicyTests {
         #expect(throws: ProcessPoolError.self) { try pool.submit(Echo(1), timeLimit: .zero) }
         await pool.shutdown()
     }
+
+    @Test("interrupt while the worker still sends results for the items ahead: the pool stays healthy (found by pool-soak)",
+          arguments: localMethods)
+    func interruptWhileResultsArrive(method: StartMethod) async throws {
+        let pool = try makePool(method, maxWorkers: 1)
+        for try await _ in try pool.map((0..<200).map { Echo($0) }) {}
+        let gates = GateDirectory()
+        defer { gates.cleanup() }
+        for round in 0..<20 {
+            let quick = try (0..<8).map { try pool.submit(Echo(round * 100 + $0)) }
+            let blocker = try pool.submit(WaitForFile(path: gates.file("never")))
+            #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning })
+            #expect(blocker.interrupt())
+            for (index, future) in quick.enumerated() {
+                #expect(try await settle(future) == round * 100 + index, "round \(round)")
+            }
+            #expect(pool.brokenReason == nil, "round \(round): \(pool.brokenReason ?? "")")
+            if pool.brokenReason != nil { break }
+        }
+        await pool.shutdown()
+    }
+
+    @Test("retry: tasks that ran beside a poison task on its worker are never charged its deaths (found by pool-soak)",
+          arguments: localMethods)
+    func neighboursNotBlamed(method: StartMethod) async throws {
+        let pool = try Self.retryingPool(method, maxWorkers: 1, attempts: 2)
+        for try await _ in try pool.map((0..<200).map { Echo($0) }) {}
+        for round in 0..<5 {
+            let before = try (0..<6).map { try pool.submit(Echo($0)) }
+            let poison = try pool.submit(Die(.sigsegv))
+            let after = try (0..<6).map { try pool.submit(Echo(10 + $0)) }
+            for (index, future) in before.enumerated() {
+                #expect(try await settle(future) == index, "round \(round)")
+            }
+            for (index, future) in after.enumerated() {
+                #expect(try await settle(future) == 10 + index, "round \(round)")
+            }
+            do {
+                _ = try await settle(poison)
+                Issue.record("the poison task succeeded")
+            } catch let lost as WorkerLost {
+                #expect(lost.attempts.count == 2 && lost.task.contains("Die"), "\(lost)")
+            }
+        }
+        #expect(pool.brokenReason == nil)
+        await pool.shutdown()
+    }
 }

@@ -125,10 +125,16 @@ final class IOLoop: @unchecked Sendable {
     private func handleFrame(_ slot: WorkerSlot, _ kind: FrameKind, _ body: UnsafeRawBufferPointer,
                              _ attachments: [[UInt8]]) throws {
         var reader = ByteReader(body)
+        // A worker stopped to interrupt a task may still have sent results
+        // (for items now queued again): they are not read.
+        if core.locked({ slot.interrupted }) { return }
         switch kind {
         case .results:
             let header = try ResultsHeader(from: &reader)
             let item = try core.locked { () throws -> WorkItem? in
+                // (Checked under the lock: another thread may interrupt the
+                // worker, taking its items, between two frames.)
+                if slot.interrupted { return nil }
                 guard let head = slot.inFlight.first else {
                     if core.broken != nil { return nil }
                     throw ProtocolViolation("results for item \(header.itemID), which this worker does not hold")

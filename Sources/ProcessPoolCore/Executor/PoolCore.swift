@@ -285,7 +285,7 @@ package final class PoolCore: @unchecked Sendable {
             var best: WorkerSlot?
             // An item with a time limit goes only to a worker with nothing
             // in hand, so that it is timed from when it really starts.
-            let needsIdle = pending.first?.timeLimit != nil
+            let needsIdle = pending.first.map { $0.timeLimit != nil || $0.isolated } ?? false
             for slot in workers where slot.canTakeWork && (!needsIdle || (slot.inFlight.isEmpty && !slot.hasOutbound)) {
                 if best == nil || slot.inFlight.count < best!.inFlight.count { best = slot }
             }
@@ -394,19 +394,26 @@ package final class PoolCore: @unchecked Sendable {
         pending.prepend(items.filter { !$0.sink.isCancelled })
     }
 
-    /// A worker died unexpectedly under FailurePolicy.retry (lock held): the
-    /// item it was running is charged an attempt and retried, or fails with
-    /// ``WorkerLost`` when it has had them all; the items behind it are
-    /// queued again as they are.
+    /// A worker died unexpectedly under FailurePolicy.retry (lock held).
+    ///
+    /// Holding one item, the worker was running it: that item is charged an
+    /// attempt and retried, or fails with ``WorkerLost`` when it has had them
+    /// all. Holding several, the pool cannot tell which one it ran (results
+    /// made but not yet sent die with the worker), so none is charged: they
+    /// all go back to the queue isolated, each to be sent to a worker holding
+    /// nothing else, where a death is its own.
     func retryLocked(_ slot: WorkerSlot, exit: WorkerExit, maxAttempts: Int) {
         var items = slot.inFlight.drain()
-        if !items.isEmpty {
+        if items.count == 1 {
             items[0].attempts.append(WorkerLost.Attempt(worker: slot.label, end: "\(exit)"))
+            items[0].isolated = true
             if items[0].attempts.count >= maxAttempts {
                 let lost = items.removeFirst()
                 let error = WorkerLost(task: lost.taskName, attempts: lost.attempts)
                 afterUnlock.append { lost.sink.fail(error) }
             }
+        } else {
+            for index in items.indices { items[index].isolated = true }
         }
         logger.info("worker lost; its work is retried",
                     metadata: ["worker": "\(slot.label)", "end": "\(exit)", "items": "\(items.count)"])

@@ -45,6 +45,11 @@ package struct WorkItem: Sendable {
     package var timeLimitPerTask: Duration?
     /// Earlier attempts that ended with a dead worker (FailurePolicy.retry).
     package var attempts: [WorkerLost.Attempt] = []
+    /// Sent only to a worker holding nothing else: it was on a worker that
+    /// died holding several items, so which one it ran is not known (results
+    /// a worker has made but not yet sent die with it). Alone, a death is
+    /// its own.
+    package var isolated = false
 
     package init(id: UInt64, frame: [UInt8], attachments: [[UInt8]], sink: any WorkSink) {
         self.id = id

@@ -1,27 +1,37 @@
-// A throttling TCP relay for the soak's ssh mode (--relay), after the ssh
-// tests' ThrottlingRelay: latency each way, a rate cap per direction, and
-// connections that can be cut. Unlike the tests' relay it runs for the whole
-// soak, so each connection's thread closes its sockets and ends when both
-// directions are done: no descriptor or thread piles up across rounds.
+// A throttling TCP relay on loopback, for the ssh tests and pool-soak's
+// `--relay` mode: it stands between the pool and an sshd and makes the link
+// slow (latency each way, a rate cap per direction), can stall it, and can
+// cut its connections. One thread accepts; each connection gets one thread
+// (both directions, poll, non-blocking sockets) that closes its sockets and
+// ends when the connection is done, so a relay that runs for a whole soak
+// piles up no descriptor or thread.
 import Glibc
 import Synchronization
 
-final class SoakRelay: Sendable {
-    let port: Int
-    let targetPort: Int
-    let latency: Double
-    let bytesPerSecond: Double
+public final class ThrottlingRelay: Sendable {
+    /// Where the pool connects (127.0.0.1).
+    public let port: Int
+    /// The sshd on 127.0.0.1 relayed to.
+    public let targetPort: Int
+    public let latency: Double
+    public let bytesPerSecond: Double
     private let listener: Int32
     private struct State {
         var sockets: Set<Int32> = []
         var closed = false
+        var stalledUntil = 0.0
+        var moved = 0
         var threads = 0
         var connections = 0
         var cuts = 0
     }
     private let state = Mutex(State())
 
-    init(to targetPort: Int, latency: Double, bytesPerSecond: Double) throws {
+    /// - Parameters:
+    ///   - targetPort: The sshd on 127.0.0.1 to relay to.
+    ///   - latency: Seconds added each way (20 ms by default).
+    ///   - bytesPerSecond: Cap per direction and connection (4 MB/s by default).
+    public init(to targetPort: Int, latency: Double = 0.020, bytesPerSecond: Double = 4_000_000) throws {
         self.targetPort = targetPort
         self.latency = latency
         self.bytesPerSecond = bytesPerSecond
@@ -29,25 +39,30 @@ final class SoakRelay: Sendable {
         listener = fd
         var on: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-        var address = soakLoopback(port: 0)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard ok, listen(fd, 64) == 0 else { close(fd); throw SoakSetupError("relay: cannot listen") }
-        port = Int(UInt16(bigEndian: address.sin_port))
+        guard let bound = bindLoopback(fd), listen(fd, 64) == 0 else { close(fd); throw FixtureError("relay: cannot listen") }
+        port = bound
         startThread { [self] in acceptLoop() }
     }
 
+    /// Bytes moved so far (both directions, every connection).
+    public var bytesMoved: Int { state.withLock { $0.moved } }
+
     /// Connections relayed so far.
-    var connections: Int { state.withLock { $0.connections } }
+    public var connections: Int { state.withLock { $0.connections } }
+
+    /// How many times `cutConnections()` was called.
+    public var cuts: Int { state.withLock { $0.cuts } }
+
+    /// Threads running now (the accepting one and one per open connection).
+    public var threads: Int { state.withLock { $0.threads } }
+
+    /// Nothing moves (either way, every connection) for `seconds`.
+    public func stall(for seconds: Double) { state.withLock { $0.stalledUntil = monotonicNow() + seconds } }
 
     /// Cuts every open connection (both ends see EOF or a reset); new ones still work.
     /// Returns how many connections were cut.
     @discardableResult
-    func cutConnections() -> Int {
+    public func cutConnections() -> Int {
         state.withLock { state in
             for fd in state.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
             state.cuts += 1
@@ -57,15 +72,16 @@ final class SoakRelay: Sendable {
 
     /// Stops accepting, cuts everything and waits (up to 5 s) for every
     /// thread to end. Returns false if some did not.
-    func stop() -> Bool {
+    @discardableResult
+    public func stop() -> Bool {
         state.withLock { state in
             state.closed = true
             for fd in state.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
         }
         _ = shutdown(listener, Int32(SHUT_RDWR))
-        let deadline = soakNow() + 5
-        while state.withLock({ $0.threads }) > 0 && soakNow() < deadline { usleep(2000) }
-        let done = state.withLock { $0.threads } == 0
+        let deadline = monotonicNow() + 5
+        while threads > 0 && monotonicNow() < deadline { usleep(2000) }
+        let done = threads == 0
         close(listener)
         return done
     }
@@ -104,12 +120,7 @@ final class SoakRelay: Sendable {
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            var address = soakLoopback(port: targetPort)
-            let connected = withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-                }
-            }
+            let connected = connectLoopback(server, port: targetPort)
             let accepted = state.withLock { state -> Bool in
                 guard !state.closed, connected else { return false }
                 state.sockets.insert(client)
@@ -137,10 +148,12 @@ final class SoakRelay: Sendable {
         var up = Direction(source: client, target: server)
         var down = Direction(source: server, target: client)
         while !(up.finished && down.finished) {
-            if state.withLock({ $0.closed }) { break }
-            let now = soakNow()
-            up.send(now: now, rate: bytesPerSecond)
-            down.send(now: now, rate: bytesPerSecond)
+            let (closed, stalledUntil) = state.withLock { ($0.closed, $0.stalledUntil) }
+            if closed { break }
+            let now = monotonicNow()
+            let sent = up.send(now: now, rate: bytesPerSecond, stalledUntil: stalledUntil)
+                + down.send(now: now, rate: bytesPerSecond, stalledUntil: stalledUntil)
+            if sent > 0 { state.withLock { $0.moved += sent } }
             if up.failed || down.failed { break }
             var fds: [pollfd] = []
             var wait = 0.050
@@ -149,7 +162,9 @@ final class SoakRelay: Sendable {
                 fds.append(pollfd(fd: direction.sourceDone ? -1 : direction.source,
                                   events: direction.wantsInput ? Int16(POLLIN) : 0, revents: 0))
                 fds.append(pollfd(fd: direction.blocked ? direction.target : -1, events: Int16(POLLOUT), revents: 0))
-                if let next = direction.nextDue(now: now, rate: bytesPerSecond) { wait = min(wait, next) }
+                if let next = direction.nextDue(now: now, rate: bytesPerSecond, stalledUntil: stalledUntil) {
+                    wait = min(wait, next)
+                }
             }
             _ = poll(&fds, nfds_t(fds.count), Int32(max(1, wait * 1000)))
             if fds[0].revents != 0 { up.receive(latency: latency) }
@@ -165,7 +180,7 @@ final class SoakRelay: Sendable {
     }
 
     /// One direction: bytes read from `source` go to `target` `latency`
-    /// later, paced by a token bucket (16 KiB burst).
+    /// later (and not before a stall ends), paced by a token bucket (16 KiB burst).
     private struct Direction {
         struct Chunk { var bytes: [UInt8]; var offset: Int; var due: Double }
         let source: Int32
@@ -173,7 +188,7 @@ final class SoakRelay: Sendable {
         var queue: [Chunk] = []
         var queued = 0
         var tokens = 0.0
-        var last = soakNow()
+        var last = monotonicNow()
         var sourceDone = false
         var shutDownTarget = false
         var blocked = false
@@ -188,11 +203,13 @@ final class SoakRelay: Sendable {
         var finished: Bool { sourceDone && queue.isEmpty }
         var wantsInput: Bool { !sourceDone && queued < 1 << 20 }
 
-        mutating func send(now: Double, rate: Double) {
+        /// Sends what is due, as the bucket allows; returns the bytes sent.
+        mutating func send(now: Double, rate: Double, stalledUntil: Double) -> Int {
             tokens = min(16384, tokens + (now - last) * rate)
             last = now
             blocked = false
-            while let head = queue.first, head.due <= now, tokens >= 1 {
+            var sent = 0
+            while let head = queue.first, head.due <= now, stalledUntil <= now, tokens >= 1 {
                 let size = min(head.bytes.count - head.offset, Int(tokens))
                 let n = head.bytes.withUnsafeBytes { raw in
                     Glibc.send(target, raw.baseAddress! + head.offset, size, Int32(MSG_NOSIGNAL))
@@ -200,31 +217,33 @@ final class SoakRelay: Sendable {
                 if n > 0 {
                     tokens -= Double(n)
                     queued -= n
+                    sent += n
                     queue[0].offset += n
                     if queue[0].offset == queue[0].bytes.count { queue.removeFirst() }
                     continue
                 }
-                if n < 0 && (errno == EAGAIN || errno == EINTR) { blocked = true; return }
+                if n < 0 && (errno == EAGAIN || errno == EINTR) { blocked = true; return sent }
                 failed = true
-                return
+                return sent
             }
             if sourceDone && queue.isEmpty && !shutDownTarget {
                 _ = shutdown(target, Int32(SHUT_WR))
                 shutDownTarget = true
             }
+            return sent
         }
 
         /// Seconds until something can be sent, if anything waits.
-        func nextDue(now: Double, rate: Double) -> Double? {
+        func nextDue(now: Double, rate: Double, stalledUntil: Double) -> Double? {
             guard let head = queue.first, !blocked else { return nil }
-            return max(max(0, head.due - now), tokens >= 1 ? 0 : (1 - tokens) / rate)
+            return max(max(0, max(head.due, stalledUntil) - now), tokens >= 1 ? 0 : (1 - tokens) / rate)
         }
 
         mutating func receive(latency: Double) {
             var buffer = [UInt8](repeating: 0, count: 65536)
             let n = buffer.withUnsafeMutableBytes { raw in recv(source, raw.baseAddress!, raw.count, 0) }
             if n > 0 {
-                queue.append(Chunk(bytes: Array(buffer[0..<n]), offset: 0, due: soakNow() + latency))
+                queue.append(Chunk(bytes: Array(buffer[0..<n]), offset: 0, due: monotonicNow() + latency))
                 queued += n
             } else if n == 0 {
                 sourceDone = true
