@@ -125,15 +125,14 @@ final class IOLoop: @unchecked Sendable {
     private func handleFrame(_ slot: WorkerSlot, _ kind: FrameKind, _ body: UnsafeRawBufferPointer,
                              _ attachments: [[UInt8]]) throws {
         var reader = ByteReader(body)
-        // A worker stopped to interrupt a task may still have sent results
-        // (for items now queued again): they are not read.
-        if core.locked({ slot.interrupted }) { return }
         switch kind {
         case .results:
             let header = try ResultsHeader(from: &reader)
             let item = try core.locked { () throws -> WorkItem? in
-                // (Checked under the lock: another thread may interrupt the
-                // worker, taking its items, between two frames.)
+                // A worker stopped to interrupt a task may have sent results
+                // for items now queued again: they are not read. (Checked
+                // under this lock: another thread may interrupt the worker,
+                // taking its items, between two frames.)
                 if slot.interrupted { return nil }
                 guard let head = slot.inFlight.first else {
                     if core.broken != nil { return nil }

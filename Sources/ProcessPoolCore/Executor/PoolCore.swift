@@ -362,28 +362,26 @@ package final class PoolCore: @unchecked Sendable {
         locked { () -> Bool in
             for slot in workers where !slot.interrupted && slot.exit == nil {
                 guard let index = slot.inFlight.firstIndex(where: { $0.sink === sink }) else { continue }
-                var items = slot.inFlight.drain()
-                let target = items.remove(at: index)
-                afterUnlock.append { target.sink.interrupted() }
-                for item in items { slot.inFlight.append(item) }
-                slot.headStartedAt = 0
-                interruptLocked(slot, settlesHead: false) { _ in }
+                interruptLocked(slot, settling: index) { $0.sink.interrupted() }
                 return true
             }
             return false
         }
     }
 
-    /// Stops `slot`'s worker to end its running item, which `end` settles;
-    /// the items queued behind it go back to the front of the queue, and a
-    /// replacement starts when its exit is collected (lock held).
-    func interruptLocked(_ slot: WorkerSlot, settlesHead: Bool = true, end: @escaping (WorkItem) -> Void) {
-        let head = settlesHead ? slot.inFlight.popFirst() : nil
-        if let head { afterUnlock.append { end(head) } }
-        requeueLocked(slot.inFlight.drain())
+    /// Stops `slot`'s worker to end the item at `index` of what it holds
+    /// (0: the one it runs), which `end` settles; the others go back to the
+    /// front of the queue, and a replacement starts when its exit is
+    /// collected (lock held).
+    func interruptLocked(_ slot: WorkerSlot, settling index: Int = 0, end: @escaping (WorkItem) -> Void) {
+        var items = slot.inFlight.drain()
+        guard items.indices.contains(index) else { return }
+        let target = items.remove(at: index)
+        afterUnlock.append { end(target) }
+        requeueLocked(items)
         slot.interrupted = true
         logger.debug("worker stopped to interrupt its task",
-                     metadata: ["worker": "\(slot.label)", "task": "\(head?.taskName ?? "")"])
+                     metadata: ["worker": "\(slot.label)", "task": "\(target.taskName)"])
         abandonStreamLocked(slot)
         wakeLocked()
     }
