@@ -17,6 +17,11 @@
 # corpus entries go to .build-fuzz/corpus/TARGET, crashes to
 # .build-fuzz/crashes/TARGET/. Exit status is non-zero if any target failed.
 set -euo pipefail
+# ASan's default quarantine (256 MB) keeps every freed 64 KiB read buffer
+# until it is unmapped, so each input faults fresh pages in: 1.5k inputs/s
+# for `frames` against 14k with 16 MB (use-after-free of recent frees is
+# still caught). Options given by the caller come after, so they win.
+export ASAN_OPTIONS="quarantine_size_mb=16${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"

@@ -36,6 +36,12 @@ public struct GetPID: ProcessTask {
     public func run() -> Int32 { getpid() }
 }
 
+/// The pid of the worker's parent (this process, a forkserver or a fork template).
+public struct GetParentPID: ProcessTask {
+    public init() {}
+    public func run() -> Int32 { getppid() }
+}
+
 /// Sleeps, then returns the worker's pid.
 public struct SleepTask: ProcessTask {
     public var milliseconds: Int
@@ -111,6 +117,8 @@ public struct TaggedEcho: ProcessTask {
     public struct Output: Codable, Sendable, Equatable {
         public var value: Int
         public var pid: Int32
+        /// The worker's parent (this process, a forkserver or a fork template).
+        public var parent: Int32
     }
     public var value: Int
     public var microseconds: UInt32
@@ -120,7 +128,7 @@ public struct TaggedEcho: ProcessTask {
     }
     public func run() -> Output {
         if microseconds > 0 { usleep(microseconds) }
-        return Output(value: value, pid: getpid())
+        return Output(value: value, pid: getpid(), parent: getppid())
     }
 }
 
@@ -320,7 +328,7 @@ public struct NotRegistered: ProcessTask {
 
 /// Everything the tests run, in the test process and in the worker executable.
 public let testRegistry = TaskRegistry(
-    tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, SleepTask.self,
+    tasks: [Echo.self, EchoBytes.self, MakeBytes.self, Square.self, GetPID.self, GetParentPID.self, SleepTask.self,
             WaitForFile.self, SignalThenWait.self, Fail.self, Die.self, TaggedEcho.self, Noisy.self, StderrForever.self, CorruptStream.self,
             SetInitialized.self, ReadInitialized.self, Unencodable.self, CountPrimes.self,
             BitwiseSquare.self, MakePair.self, ShuffleBlobs.self, AnnounceHugeAttachment.self, KeepBytes.self,

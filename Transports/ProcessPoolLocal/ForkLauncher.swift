@@ -4,7 +4,8 @@ import ProcessPoolCore
 import Synchronization
 
 /// The `fork` start method: every worker is forked from this process at the
-/// pool's first submit and serves the pool's registry directly.
+/// pool's first submit and serves the pool's registry directly (from a
+/// template taken then, when the pool replaces workers).
 ///
 /// Forking a multi-threaded process copies only the forking thread: a lock
 /// another thread held stays locked in the child. The worker loop is purely
@@ -15,9 +16,12 @@ struct ForkLauncher: WorkerLauncher {
     var startsAllWorkersAtOnce: Bool { true }
     var supportsMaxTasksPerChild: Bool { false }
 
+    /// A pool that may replace workers forks them all from a template
+    /// (`ForkTemplate`); one that never does forks each from this process.
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
         let registry = pool.registry
         registry.prepareForFork()
+        if pool.replacesWorkers { return ForkTemplateSession(registry: registry) }
         return LauncherThreadSession { try forkWorker(registry: registry) }
     }
 }

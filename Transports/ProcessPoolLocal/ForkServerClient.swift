@@ -6,17 +6,21 @@ import ProcessPoolCore
 enum ForkServerClient {
     /// The server could not be reached or died during the request.
     struct ServerGone: Error, CustomStringConvertible {
+        let name: String
         let pid: pid_t
         let detail: String
-        var description: String { "the forkserver (pid \(pid)) \(detail)" }
+        var description: String { "the \(name) (pid \(pid)) \(detail)" }
     }
 
     /// The server did not answer a request in time.
     struct ServerSilent: Error, CustomStringConvertible {
+        let name: String
         let pid: pid_t
         let executable: String
         var description: String {
-            "the forkserver (pid \(pid)) did not answer within 30 s; does main() of \(executable) "
+            // A fork template runs our own code: no bootstrap to forget.
+            guard name == "forkserver" else { return "the \(name) (pid \(pid)) did not answer within 30 s" }
+            return "the forkserver (pid \(pid)) did not answer within 30 s; does main() of \(executable) "
                 + "call ProcessPoolExecutor.bootstrap first?"
         }
     }
@@ -24,18 +28,26 @@ enum ForkServerClient {
     /// Starts one worker for `executable`, starting the server first if
     /// needed. A server found dead is replaced and the request retried once.
     static func startWorker(executable: String) throws -> any WorkerConnection {
+        try startWorker(server: { try ForkServers.server(for: executable) }, discard: ForkServers.discard)
+    }
+
+    /// Starts one worker from the server `server()` gives (starting one if
+    /// needed). A server found dead is discarded, and the request made
+    /// once more to the next one.
+    static func startWorker(server: () throws -> ForkServerProcess,
+                            discard: (ForkServerProcess) -> Void) throws -> any WorkerConnection {
         var attempt = 0
         while true {
             attempt += 1
-            let server = try ForkServers.server(for: executable)
+            let current = try server()
             do {
-                return try requestWorker(from: server)
+                return try requestWorker(from: current)
             } catch let gone as ServerGone {
-                ForkServers.discard(server)
+                discard(current)
                 if attempt >= 2 { throw gone }
             } catch let silent as ServerSilent {
                 // Not a forkserver, or wedged: stop it rather than wait again next time.
-                ForkServers.discard(server)
+                discard(current)
                 throw silent
             }
         }
@@ -57,7 +69,7 @@ enum ForkServerClient {
             let (pid, pidfd) = try exchange(on: connection, channel: channel.childEnd, server: server, deadline: deadline)
             closeDescriptor(channel.childEnd)
             return ForkServerWorkerConnection(pid: pid, stream: channel.parentEnd, exitConnection: connection,
-                                              pidfd: pidfd, serverPID: server.pid)
+                                              pidfd: pidfd, serverPID: server.pid, serverName: server.name)
         } catch {
             closeDescriptor(channel.childEnd)
             closeDescriptor(channel.parentEnd)
@@ -77,7 +89,7 @@ enum ForkServerClient {
             }
             guard failure == EAGAIN, cpp_monotonic_ns() < deadline, !server.hasEnded else {
                 if server.hasEnded { throw gone(server, "has died") }
-                throw SystemError("connect to the forkserver (pid \(server.pid))", errno: failure)
+                throw SystemError("connect to the \(server.name) (pid \(server.pid))", errno: failure)
             }
             // The backlog is full: the server is busy accepting. Try again shortly.
             usleep(1000)
@@ -96,7 +108,7 @@ enum ForkServerClient {
             if sent < 0 && (errno == EPIPE || errno == ECONNRESET) {
                 throw gone(server, "closed the connection (it has died)")
             }
-            throw SystemError("sendmsg to the forkserver (pid \(server.pid))")
+            throw SystemError("sendmsg to the \(server.name) (pid \(server.pid))")
         }
         var reply: [UInt8] = []
         var pidfd: Int32 = -1
@@ -105,7 +117,7 @@ enum ForkServerClient {
             let now = cpp_monotonic_ns()
             guard now < deadline else {
                 closeDescriptor(pidfd)
-                throw ServerSilent(pid: server.pid, executable: server.executable)
+                throw ServerSilent(name: server.name, pid: server.pid, executable: server.executable)
             }
             let ready = Syscall.poll(&fds, timeoutMilliseconds: Int32(min((deadline - now) / 1_000_000 + 1, 1_000)))
             if ready <= 0 { continue }
@@ -131,10 +143,10 @@ enum ForkServerClient {
         let pid = Int32(bitPattern: ForkServerProtocol.readLittleEndian(reply[...]))
         guard pid > 0 else {
             closeDescriptor(pidfd)
-            throw SystemError("fork in the forkserver (pid \(server.pid))", errno: -pid)
+            throw SystemError("fork in the \(server.name) (pid \(server.pid))", errno: -pid)
         }
         guard pidfd >= 0 else {
-            throw SystemError("the forkserver (pid \(server.pid)) sent no pidfd for worker \(pid)", errno: EPROTO)
+            throw SystemError("the \(server.name) (pid \(server.pid)) sent no pidfd for worker \(pid)", errno: EPROTO)
         }
         return (pid, pidfd)
     }
@@ -153,7 +165,7 @@ enum ForkServerClient {
                 text += "; does main() of \(server.executable) call ProcessPoolExecutor.bootstrap first?"
             }
         }
-        return ServerGone(pid: server.pid, detail: text)
+        return ServerGone(name: server.name, pid: server.pid, detail: text)
     }
 
     /// How the server ended, if it has (waiting up to 500 ms for a server

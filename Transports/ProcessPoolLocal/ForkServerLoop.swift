@@ -47,6 +47,22 @@ struct ForkServerLoop {
         _ = signal(SIGINT, SIG_IGN)
     }
 
+    /// Instantiates here the metadata the loop needs, before this process
+    /// forks a template that runs it (see `ForkTemplate`): a lock another
+    /// thread holds at the fork would stop the template's first new one.
+    static func prepareForFork() {
+        keepMetadata([Pending].self)
+        keepMetadata([Child].self)
+        keepMetadata([pollfd].self)
+        keepMetadata([Int32].self)
+        keepMetadata(ForkServerLoop.self)
+    }
+
+    @inline(never)
+    private static func keepMetadata(_ type: Any.Type) {
+        withExtendedLifetime(type) {}
+    }
+
     /// Serves until the parent goes away; returns the exit status.
     mutating func run() -> Int32 {
         var fds: [pollfd] = []

@@ -3,11 +3,14 @@ import Glibc
 import ProcessPoolCore
 import Synchronization
 
-/// A running forkserver as its parent (this process) sees it.
+/// A running forkserver as its parent (this process) sees it: a spawned
+/// `forkserver`, or a fork pool's template (see `ForkTemplate`).
 ///
 /// Started on the launcher thread (its `PR_SET_PDEATHSIG` is tied to the
-/// thread that spawns it). The server is our child: `dispose()` reaps it.
+/// thread that starts it). The server is our child: `dispose()` reaps it.
 final class ForkServerProcess: Sendable {
+    /// What the server is called in messages ("forkserver", "fork template").
+    let name: String
     /// The executable the server runs.
     let executable: String
     /// The server's pid.
@@ -22,7 +25,10 @@ final class ForkServerProcess: Sendable {
     let key: [UInt8]
     private let served = Atomic<Bool>(false)
 
-    private init(executable: String, pid: pid_t, pidfd: Int32, control: Int32, address: [UInt8], key: [UInt8]) {
+    init(name: String = "forkserver", executable: String, pid: pid_t, pidfd: Int32, control: Int32,
+         address: [UInt8], key: [UInt8], served: Bool = false) {
+        self.name = name
+        self.served.store(served, ordering: .relaxed)
         self.executable = executable
         self.pid = pid
         self.pidfd = pidfd
@@ -37,25 +43,39 @@ final class ForkServerProcess: Sendable {
     /// before the spawn, so requests can queue at once: nothing waits for
     /// the server to come up.
     static func start(executable: String) throws -> ForkServerProcess {
-        let key = try ForkServerProtocol.makeKey()
-        let address = try ForkServerProtocol.makeAddress()
-        let listener = address.withUnsafeBytes { cpp_unix_listen_abstract($0.baseAddress, $0.count, 128) }
-        guard listener >= 0 else { throw SystemError("listen on the forkserver socket") }
-        defer { closeDescriptor(listener) }
-        let channel = try Channel.make()
-        var attached = [listener]
-        let sent = key.withUnsafeBytes { cpp_send_fds(channel.parentEnd, $0.baseAddress, $0.count, &attached, 1) }
-        guard sent == key.count else {
-            let failure = SystemError("sendmsg to the forkserver")
-            closeDescriptor(channel.parentEnd)
-            closeDescriptor(channel.childEnd)
-            throw failure
-        }
-        let (pid, pidfd) = try ProcessSpawner.start(executable: executable, role: .forkserver, channel: channel)
-        ParentDescriptors.insert(channel.parentEnd)
+        let setup = try Setup()
+        let (pid, pidfd) = try ProcessSpawner.start(executable: executable, role: .forkserver, channel: setup.channel)
+        ParentDescriptors.insert(setup.channel.parentEnd)
         ParentDescriptors.insert(pidfd)
-        return ForkServerProcess(executable: executable, pid: pid, pidfd: pidfd, control: channel.parentEnd,
-                                 address: address, key: key)
+        return ForkServerProcess(executable: executable, pid: pid, pidfd: pidfd, control: setup.channel.parentEnd,
+                                 address: setup.address, key: setup.key)
+    }
+
+    /// What a new server is handed before it starts: a key, a listening
+    /// socket on a fresh abstract address, both already written to the
+    /// parent's end of a new control channel (the listener is then closed
+    /// here; the server gets its own copy from the message).
+    struct Setup {
+        let key: [UInt8]
+        let address: [UInt8]
+        let channel: Channel
+
+        init() throws {
+            key = try ForkServerProtocol.makeKey()
+            address = try ForkServerProtocol.makeAddress()
+            let listener = address.withUnsafeBytes { cpp_unix_listen_abstract($0.baseAddress, $0.count, 128) }
+            guard listener >= 0 else { throw SystemError("listen on the forkserver socket") }
+            defer { closeDescriptor(listener) }
+            channel = try Channel.make()
+            var attached = [listener]
+            let sent = key.withUnsafeBytes { cpp_send_fds(channel.parentEnd, $0.baseAddress, $0.count, &attached, 1) }
+            guard sent == key.count else {
+                let failure = SystemError("sendmsg to the forkserver")
+                closeDescriptor(channel.parentEnd)
+                closeDescriptor(channel.childEnd)
+                throw failure
+            }
+        }
     }
 
     /// Whether the server has answered a request (so it does run as a forkserver).

@@ -10,6 +10,8 @@ import Synchronization
 final class ForkServerWorkerConnection: WorkerConnection {
     let pid: pid_t
     let serverPID: pid_t
+    /// What the server is called in messages ("forkserver", "fork template").
+    let serverName: String
     let streamDescriptor: Int32
     let exitDescriptor: Int32
     let pidfd: Int32
@@ -21,13 +23,15 @@ final class ForkServerWorkerConnection: WorkerConnection {
     }
     private let state = Mutex(State())
 
-    init(pid: pid_t, stream: Int32, exitConnection: Int32, pidfd: Int32, serverPID: pid_t) {
+    init(pid: pid_t, stream: Int32, exitConnection: Int32, pidfd: Int32, serverPID: pid_t,
+         serverName: String = "forkserver") {
         self.pid = pid
         self.serverPID = serverPID
+        self.serverName = serverName
         self.streamDescriptor = stream
         self.exitDescriptor = exitConnection
         self.pidfd = pidfd
-        self.label = "pid \(pid) on localhost (forkserver pid \(serverPID))"
+        self.label = "pid \(pid) on localhost (\(serverName) pid \(serverPID))"
         for fd in [stream, exitConnection, pidfd] { ParentDescriptors.insert(fd) }
     }
 
@@ -44,13 +48,13 @@ final class ForkServerWorkerConnection: WorkerConnection {
                     state.statusBytes += chunk.prefix(n)
                     if state.statusBytes.count == ForkServerProtocol.statusLength {
                         state.exit = ForkServerProtocol.decodeStatus(state.statusBytes)
-                            ?? .lost("the forkserver (pid \(serverPID)) sent a malformed exit status")
+                            ?? .lost("the \(serverName) (pid \(serverPID)) sent a malformed exit status")
                     }
                     continue
                 }
                 if got == .wouldBlock { break }
                 // EOF (or a reset) before a status: the server is gone.
-                state.exit = .lost("the forkserver (pid \(serverPID)) died")
+                state.exit = .lost("the \(serverName) (pid \(serverPID)) died")
                 lost = true
             }
             return (state.exit, lost)

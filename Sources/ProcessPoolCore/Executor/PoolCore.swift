@@ -163,7 +163,9 @@ package final class PoolCore: @unchecked Sendable {
         guard first else { return }
         LivePools.add(self)
         do {
-            let session = try launcher.makeSession(for: PoolDescription(registry: registry, maxWorkers: maxWorkers, logger: logger))
+            let description = PoolDescription(registry: registry, maxWorkers: maxWorkers, logger: logger,
+                                              replacesWorkers: failurePolicy.maxAttempts != nil || maxTasksPerChild != nil)
+            let session = try launcher.makeSession(for: description)
             locked { self.session = session }
         } catch {
             let reason = "could not start the \(launcher.name) start method: \(error)"

@@ -55,6 +55,12 @@ public struct PoolDescription: Sendable {
     /// The pool's logger (the caller's): transports log here too, at `info`
     /// level or below.
     public var logger: Logger
+    /// Whether the pool may start workers after its first ones: to replace
+    /// workers that died (a retrying `FailurePolicy`) or that ran their
+    /// `maxTasksPerChild`. The fork start method then forks every worker
+    /// from a template process taken at the first launch, never from this
+    /// busy multi-threaded process mid-run.
+    public var replacesWorkers: Bool
 
     /// A description of a pool.
     ///
@@ -62,10 +68,13 @@ public struct PoolDescription: Sendable {
     ///   - registry: The tasks the workers run.
     ///   - maxWorkers: How many workers the pool runs at most.
     ///   - logger: Where the transport logs.
-    public init(registry: TaskRegistry, maxWorkers: Int, logger: Logger = Logger.current) {
+    ///   - replacesWorkers: Whether workers may be started after the first ones.
+    public init(registry: TaskRegistry, maxWorkers: Int, logger: Logger = Logger.current,
+                replacesWorkers: Bool = false) {
         self.registry = registry
         self.maxWorkers = maxWorkers
         self.logger = logger
+        self.replacesWorkers = replacesWorkers
     }
 }
 
