@@ -93,6 +93,34 @@ struct SSHTwoHostTests {
         }
     }
 
+    @Test("retry over ssh: a poison task that always segfaults among 300 good ones fails alone, naming each attempt")
+    func poisonTaskOverSSH() async throws {
+        try await withServer { server in
+            let pool = try ProcessPoolExecutor(context: .ssh([try server.host(workers: 2)], options: server.options()),
+                                               tasks: testRegistry, failurePolicy: .retry(maxAttempts: 3))
+            var good: [TaskFuture<Int>] = []
+            for i in 0..<150 { good.append(try pool.submit(Echo(i))) }
+            let poison = try pool.submit(Die(.sigsegv))
+            for i in 150..<300 { good.append(try pool.submit(Echo(i))) }
+            do {
+                _ = try await settle(poison)
+                Issue.record("the poison task succeeded")
+            } catch let lost as WorkerLost {
+                #expect(lost.attempts.count == 3, "\(lost)")
+                #expect(lost.attempts.allSatisfy { $0.end.contains("SIGSEGV") }, "\(lost)")
+                #expect(lost.attempts.allSatisfy { $0.worker.contains("127.0.0.1:\(server.port)") }, "\(lost)")
+                #expect(Set(lost.attempts.map(\.worker)).count == 3, "three different workers: \(lost)")
+            }
+            var sum = 0
+            for future in good { sum += try await settle(future) }
+            #expect(sum == (0..<300).reduce(0, +), "every good task ran")
+            #expect(pool.brokenReason == nil)
+            #expect(try await settle(pool.submit(Echo(9))) == 9, "the pool still works")
+            await pool.shutdown()
+            #expect(eventually(30) { server.remoteWorkers().isEmpty })
+        }
+    }
+
     @Test("interrupt over ssh: the remote worker is stopped and replaced; the pool stays healthy")
     func interruptOverSSH() async throws {
         try await withServer { server in
