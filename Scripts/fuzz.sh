@@ -8,6 +8,7 @@
 #   Scripts/fuzz.sh build                     # build every target, run none
 #   Scripts/fuzz.sh list
 #   Scripts/fuzz.sh seeds                     # regenerate Fuzz/Seeds from Scripts/make-seeds.swift
+#   Scripts/fuzz.sh record                    # record the test suite's traffic; add what is new to Fuzz/Seeds
 #
 # The core's sources are compiled straight into each fuzzer (not through
 # SwiftPM, so Package.swift knows nothing of the fuzzers): swift-log as module
@@ -29,7 +30,7 @@ SWIFT_BIN="${SWIFT_BIN:-$(dirname "$(command -v swiftc 2>/dev/null || echo /opt/
 [ -x "$SWIFT_BIN/swiftc" ] || SWIFT_BIN=/opt/swift/usr/bin
 SWIFTC="$SWIFT_BIN/swiftc"
 CLANG="$SWIFT_BIN/clang"
-OUT="$ROOT/.build-fuzz"
+OUT="${FUZZ_OUT:-$ROOT/.build-fuzz}"
 OPT="${FUZZ_OPT:--O}"
 TARGETS=(frames parent decoder worker forkserver)
 
@@ -169,6 +170,48 @@ build_seeds() {  # builds Scripts/make-seeds.swift and writes Fuzz/Seeds/*
   ASAN_OPTIONS=detect_leaks=0 "$OUT/bin/make-seeds"
 }
 
+# Seeds from real traffic: runs tests with PROCESSPOOL_RECORD_STREAMS set
+# (every FrameSplitter, in the parent and in each worker, copies what it
+# reads into a file), turns each stream into an input of the targets that
+# read that direction, and lets libFuzzer's -merge add to Fuzz/Seeds only
+# the inputs that reach new coverage. RECORD_FILTER picks the tests.
+record_seeds() {
+  local dir="$OUT/recorded" candidates="$OUT/candidates"
+  local filter="${RECORD_FILTER:-SizeSweepTests|BulkTransferTests|MapTests|SubmitTests|FailurePolicyTests|BrokenPoolTests|WorkerLifecycleTests|ShutdownTests}"
+  rm -rf "$dir" "$candidates"
+  mkdir -p "$dir" "$candidates/frames" "$candidates/parent" "$candidates/worker"
+  "$SWIFT_BIN/swift" build --build-tests
+  echo "fuzz: recording the traffic of: $filter"
+  PROCESSPOOL_RECORD_STREAMS="$dir" "$SWIFT_BIN/swift" test --skip-build --no-parallel --filter "$filter" \
+    > "$OUT/record-tests.log" 2>&1 || { echo "fuzz: the recorded tests failed (see $OUT/record-tests.log)" >&2; return 1; }
+  local f name n=0
+  for f in "$dir"/*.stream; do
+    [ -s "$f" ] || continue
+    name="$(basename "$f" .stream)"
+    n=$((n + 1))
+    # Inputs are cut at 16 KiB (a seed's later frames are rarely new).
+    case "$name" in
+      to-parent-*)
+        { printf '\001\077'; head -c 16384 "$f"; } > "$candidates/frames/$name"
+        { printf '\000\000'; head -c 16384 "$f"; } > "$candidates/parent/$name" ;;
+      to-worker-*)
+        { printf '\000\077'; head -c 16384 "$f"; } > "$candidates/frames/$name"
+        head -c 16384 "$f" > "$candidates/worker/$name" ;;
+    esac
+  done
+  echo "fuzz: $n streams recorded"
+  local t before flags
+  for t in frames parent worker; do
+    build_target "$t"
+    before=$(ls "Fuzz/Seeds/$t" | wc -l)
+    flags=(-merge=1 -rss_limit_mb=2048 -timeout=10)
+    [ "$t" = worker ] && flags+=(-close_fd_mask=2)
+    "$OUT/bin/fuzz-$t" "${flags[@]}" "Fuzz/Seeds/$t" "$candidates/$t" > "$OUT/merge-$t.log" 2>&1 \
+      || { echo "fuzz: merging into $t failed (see $OUT/merge-$t.log)" >&2; return 1; }
+    echo "fuzz: $t: $(( $(ls "Fuzz/Seeds/$t" | wc -l) - before )) recorded inputs reach new coverage (now $(ls "Fuzz/Seeds/$t" | wc -l) seeds)"
+  done
+}
+
 # One build at a time (several runs may start together).
 mkdir -p "$OUT"
 exec 9>"$OUT/build.lock"
@@ -176,6 +219,7 @@ flock 9
 
 case "$TARGET" in
   seeds) build_common; build_seeds; exit 0 ;;
+  record) build_common; record_seeds; exit $? ;;
   list) printf '%s\n' "${TARGETS[@]}"; exit 0 ;;
   common) build_common; exit 0 ;;
   build) build_common; for t in "${TARGETS[@]}"; do build_target "$t"; done; exit 0 ;;

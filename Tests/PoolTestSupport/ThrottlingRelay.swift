@@ -6,6 +6,7 @@
 // ends when the connection is done, so a relay that runs for a whole soak
 // piles up no descriptor or thread.
 import Glibc
+import ProcessPoolCore
 import Synchronization
 
 public final class ThrottlingRelay: Sendable {
@@ -45,25 +46,25 @@ public final class ThrottlingRelay: Sendable {
     }
 
     /// Bytes moved so far (both directions, every connection).
-    public var bytesMoved: Int { state.withLock { $0.moved } }
+    public var bytesMoved: Int { state.guarded { $0.moved } }
 
     /// Connections relayed so far.
-    public var connections: Int { state.withLock { $0.connections } }
+    public var connections: Int { state.guarded { $0.connections } }
 
     /// How many times `cutConnections()` was called.
-    public var cuts: Int { state.withLock { $0.cuts } }
+    public var cuts: Int { state.guarded { $0.cuts } }
 
     /// Threads running now (the accepting one and one per open connection).
-    public var threads: Int { state.withLock { $0.threads } }
+    public var threads: Int { state.guarded { $0.threads } }
 
     /// Nothing moves (either way, every connection) for `seconds`.
-    public func stall(for seconds: Double) { state.withLock { $0.stalledUntil = monotonicNow() + seconds } }
+    public func stall(for seconds: Double) { state.guarded { $0.stalledUntil = monotonicNow() + seconds } }
 
     /// Cuts every open connection (both ends see EOF or a reset); new ones still work.
     /// Returns how many connections were cut.
     @discardableResult
     public func cutConnections() -> Int {
-        state.withLock { state in
+        state.guarded { state in
             for fd in state.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
             state.cuts += 1
             return state.sockets.count / 2
@@ -74,7 +75,7 @@ public final class ThrottlingRelay: Sendable {
     /// thread to end. Returns false if some did not.
     @discardableResult
     public func stop() -> Bool {
-        state.withLock { state in
+        state.guarded { state in
             state.closed = true
             for fd in state.sockets { _ = shutdown(fd, Int32(SHUT_RDWR)) }
         }
@@ -91,10 +92,10 @@ public final class ThrottlingRelay: Sendable {
     private final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
 
     private func startThread(_ body: @escaping @Sendable () -> Void) {
-        state.withLock { $0.threads += 1 }
+        state.guarded { $0.threads += 1 }
         let wrapped: @Sendable () -> Void = { [self] in
             body()
-            state.withLock { $0.threads -= 1 }
+            state.guarded { $0.threads -= 1 }
         }
         let box = Unmanaged.passRetained(Box(wrapped)).toOpaque()
         var thread = pthread_t()
@@ -107,7 +108,7 @@ public final class ThrottlingRelay: Sendable {
             pthread_detach(thread)
         } else {
             Unmanaged<Box>.fromOpaque(box).release()
-            state.withLock { $0.threads -= 1 }
+            state.guarded { $0.threads -= 1 }
         }
     }
 
@@ -121,7 +122,7 @@ public final class ThrottlingRelay: Sendable {
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             let connected = connectLoopback(server, port: targetPort)
-            let accepted = state.withLock { state -> Bool in
+            let accepted = state.guarded { state -> Bool in
                 guard !state.closed, connected else { return false }
                 state.sockets.insert(client)
                 state.sockets.insert(server)
@@ -131,7 +132,7 @@ public final class ThrottlingRelay: Sendable {
             guard accepted else {
                 close(client)
                 close(server)
-                if state.withLock({ $0.closed }) { return }
+                if state.guarded({ $0.closed }) { return }
                 continue
             }
             var on: Int32 = 1
@@ -148,12 +149,12 @@ public final class ThrottlingRelay: Sendable {
         var up = Direction(source: client, target: server)
         var down = Direction(source: server, target: client)
         while !(up.finished && down.finished) {
-            let (closed, stalledUntil) = state.withLock { ($0.closed, $0.stalledUntil) }
+            let (closed, stalledUntil) = state.guarded { ($0.closed, $0.stalledUntil) }
             if closed { break }
             let now = monotonicNow()
             let sent = up.send(now: now, rate: bytesPerSecond, stalledUntil: stalledUntil)
                 + down.send(now: now, rate: bytesPerSecond, stalledUntil: stalledUntil)
-            if sent > 0 { state.withLock { $0.moved += sent } }
+            if sent > 0 { state.guarded { $0.moved += sent } }
             if up.failed || down.failed { break }
             var fds: [pollfd] = []
             var wait = 0.050
@@ -171,7 +172,7 @@ public final class ThrottlingRelay: Sendable {
             if fds[2].revents != 0 { down.receive(latency: latency) }
             if up.reset || down.reset { break }
         }
-        state.withLock { state in
+        state.guarded { state in
             state.sockets.remove(client)
             state.sockets.remove(server)
         }

@@ -164,12 +164,12 @@ final class CapturedLog: LogHandler, @unchecked Sendable {
     }
 
     func log(event: LogEvent) {
-        lines.withLock { $0.append("\(event.message) \(event.metadata ?? [:])") }
+        lines.guarded { $0.append("\(event.message) \(event.metadata ?? [:])") }
     }
 
     /// Everything logged so far.
-    var all: [String] { lines.withLock { $0 } }
+    var all: [String] { lines.guarded { $0 } }
 
     /// How many lines so far contain `text`.
-    func count(containing text: String) -> Int { lines.withLock { $0.count { $0.contains(text) } } }
+    func count(containing text: String) -> Int { lines.guarded { $0.count { $0.contains(text) } } }
 }

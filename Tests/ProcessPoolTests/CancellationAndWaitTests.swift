@@ -291,16 +291,16 @@ private final class OutcomeBox<T: Sendable>: Sendable {
     private let stored = Mutex<Result<T, any Error>?>(nil)
 
     /// nil while the task runs.
-    var outcome: Result<T, any Error>? { stored.withLock { $0 } }
+    var outcome: Result<T, any Error>? { stored.guarded { $0 } }
 
-    func set(_ outcome: Result<T, any Error>) { stored.withLock { $0 = outcome } }
+    func set(_ outcome: Result<T, any Error>) { stored.guarded { $0 = outcome } }
 }
 
 /// A count shared with a background task.
 private final class Counter: Sendable {
     private let count = Mutex(0)
-    var value: Int { count.withLock { $0 } }
-    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.guarded { $0 } }
+    func increment() { count.guarded { $0 += 1 } }
 }
 
 /// Runs `body` in a task of its own (to be cancelled by the test), recording

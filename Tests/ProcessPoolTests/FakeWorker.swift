@@ -310,10 +310,10 @@ final class FakeLauncher: WorkerLauncher {
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession { FakeSession(launcher: self) }
 
     /// Every connection started so far, in launch order.
-    var connections: [FakeWorkerConnection] { launched.withLock { $0 } }
+    var connections: [FakeWorkerConnection] { launched.guarded { $0 } }
 
     fileprivate func register(_ connection: FakeWorkerConnection) {
-        launched.withLock { $0.append(connection) }
+        launched.guarded { $0.append(connection) }
     }
 
     /// Waits until every fake started so far has ended its script (closed
@@ -336,7 +336,7 @@ final class FakeSession: LaunchSession {
     init(launcher: FakeLauncher) { self.launcher = launcher }
 
     func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
-        let index = indexLock.withLock { n -> Int in
+        let index = indexLock.guarded { n -> Int in
             n += 1
             return n
         }
@@ -448,7 +448,7 @@ final class FakeWorkerConnection: WorkerConnection {
         state = Mutex(State(workerFD: fds[1]))
     }
 
-    func collectExit() -> WorkerExit? { state.withLock { $0.exit } }
+    func collectExit() -> WorkerExit? { state.guarded { $0.exit } }
 
     func terminate() { deliver(SIGTERM) }
 
@@ -456,7 +456,7 @@ final class FakeWorkerConnection: WorkerConnection {
 
     private func deliver(_ signal: Int32) {
         let grace = killGrace
-        state.withLock {
+        state.guarded {
             $0.signals.append(signal)
             if $0.signal == nil {
                 $0.signal = signal
@@ -466,7 +466,7 @@ final class FakeWorkerConnection: WorkerConnection {
     }
 
     func close() {
-        let first = state.withLock { s -> Bool in
+        let first = state.guarded { s -> Bool in
             defer { s.closedByPool = true }
             return !s.closedByPool
         }
@@ -476,17 +476,17 @@ final class FakeWorkerConnection: WorkerConnection {
     }
 
     /// The signals the pool sent this worker.
-    var signals: [Int32] { state.withLock { $0.signals } }
+    var signals: [Int32] { state.guarded { $0.signals } }
 
     /// Bytes the fake has written into the stream so far (what the parent
     /// has not read yet waits in the socket buffers, a few MiB at most).
-    var bytesSent: Int { state.withLock { $0.bytesSent } }
+    var bytesSent: Int { state.guarded { $0.bytesSent } }
 
     /// Whether the script has ended and the exit was reported.
-    var hasEnded: Bool { state.withLock { $0.exit != nil } }
+    var hasEnded: Bool { state.guarded { $0.exit != nil } }
 
     /// Whether the pool released the descriptors (after collecting the exit).
-    var wasClosedByPool: Bool { state.withLock { $0.closedByPool } }
+    var wasClosedByPool: Bool { state.guarded { $0.closedByPool } }
 }
 
 // MARK: - The worker's side
@@ -518,7 +518,7 @@ final class FakeWorker: @unchecked Sendable {
 
     init(connection: FakeWorkerConnection, launcher: FakeLauncher) {
         self.connection = connection
-        fd = connection.state.withLock { $0.workerFD }
+        fd = connection.state.guarded { $0.workerFD }
         deadline = ContinuousClock.now + launcher.lifetime
     }
 
@@ -541,7 +541,7 @@ final class FakeWorker: @unchecked Sendable {
             exit = .exited(2)
         }
         closeStream()
-        connection.state.withLock { $0.exit = exit }
+        connection.state.guarded { $0.exit = exit }
         var one: UInt64 = 1
         _ = Glibc.write(connection.exitDescriptor, &one, 8)
     }
@@ -549,18 +549,18 @@ final class FakeWorker: @unchecked Sendable {
     /// Throws if the pool's signal took effect or the watchdog fired.
     func checkAlive() throws {
         let now = ContinuousClock.now
-        let (signal, stopAt) = connection.state.withLock { ($0.signal, $0.stopAt) }
+        let (signal, stopAt) = connection.state.guarded { ($0.signal, $0.stopAt) }
         if let signal, let stopAt, now >= stopAt { throw FakeWorkerError.stopped(signal: signal) }
         if now >= deadline { throw FakeWorkerError.watchdog }
     }
 
     /// Whether the pool has sent a signal (whether or not it took effect yet).
-    var wasSignalled: Bool { connection.state.withLock { $0.signal != nil } }
+    var wasSignalled: Bool { connection.state.guarded { $0.signal != nil } }
 
     /// Throws `parentClosed` once the script closed its own end
     /// (`closeStream()`): the descriptor number may belong to something else now.
     private func ensureOpen() throws {
-        guard connection.state.withLock({ $0.workerFD >= 0 }) else { throw FakeWorkerError.parentClosed }
+        guard connection.state.guarded({ $0.workerFD >= 0 }) else { throw FakeWorkerError.parentClosed }
     }
 
     /// Waits for `events` on the stream for up to 20 ms.
@@ -586,7 +586,7 @@ final class FakeWorker: @unchecked Sendable {
             let n = Glibc.send(fd, base + offset, bytes.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
             if n > 0 {
                 offset += n
-                connection.state.withLock { $0.bytesSent += n }
+                connection.state.guarded { $0.bytesSent += n }
                 continue
             }
             if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -748,7 +748,7 @@ final class FakeWorker: @unchecked Sendable {
     /// Shuts down the reading side of the fake's end: the parent's next
     /// write fails (EPIPE) while the worker "process" lives on.
     func shutdownReading() {
-        connection.state.withLock {
+        connection.state.guarded {
             if $0.workerFD >= 0 { _ = Glibc.shutdown($0.workerFD, Int32(SHUT_RD)) }
         }
     }
@@ -756,7 +756,7 @@ final class FakeWorker: @unchecked Sendable {
     /// Closes the fake's end of the stream (the parent sees EOF); the
     /// worker "process" lives on until its script ends.
     func closeStream() {
-        connection.state.withLock {
+        connection.state.guarded {
             if $0.workerFD >= 0 {
                 Glibc.close($0.workerFD)
                 $0.workerFD = -1
@@ -768,7 +768,7 @@ final class FakeWorker: @unchecked Sendable {
     /// worker (or the watchdog fires, or the parent closes the stream):
     /// a worker that has gone silent.
     func lingerUntilKilled() throws {
-        let open = connection.state.withLock { $0.workerFD >= 0 }
+        let open = connection.state.guarded { $0.workerFD >= 0 }
         guard open else { try stallUntilKilled() }
         while true { _ = try read(1) }
     }
@@ -828,24 +828,24 @@ final class FakeMemoryProbe: Sendable {
 
     init() {
         baseline = Self.residentBytes()
-        state.withLock { $0.peak = baseline }
+        state.guarded { $0.peak = baseline }
         FakeLauncher.startThread { [self] in
-            while state.withLock({ $0.running }) {
+            while state.guarded({ $0.running }) {
                 let now = Self.residentBytes()
-                state.withLock { $0.peak = max($0.peak, now) }
+                state.guarded { $0.peak = max($0.peak, now) }
                 usleep(2000)
             }
-            state.withLock { $0.stopped = true }
+            state.guarded { $0.stopped = true }
         }
     }
 
     /// The highest resident set seen so far, minus the baseline.
-    var growth: Int { state.withLock { $0.peak } - baseline }
+    var growth: Int { state.guarded { $0.peak } - baseline }
 
     /// Stops sampling and returns the peak growth.
     func stop() -> Int {
-        state.withLock { $0.running = false }
-        while !state.withLock({ $0.stopped }) { usleep(1000) }
+        state.guarded { $0.running = false }
+        while !state.guarded({ $0.stopped }) { usleep(1000) }
         return growth
     }
 }

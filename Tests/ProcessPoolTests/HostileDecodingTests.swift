@@ -18,13 +18,13 @@ import Testing
 private enum StackProbe {
     static let lowest = Mutex<UInt>(.max)
 
-    static func reset() { lowest.withLock { $0 = .max } }
+    static func reset() { lowest.guarded { $0 = .max } }
 
     @inline(never)
     static func touch() {
         var marker: UInt8 = 0
         let address = withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
-        lowest.withLock { $0 = min($0, address) }
+        lowest.guarded { $0 = min($0, address) }
     }
 }
 
@@ -64,7 +64,7 @@ private func onDefaultThread<R>(_ body: @escaping () -> R) -> ThreadRun<R> {
     var stackSize = 0
     pthread_attr_getstacksize(&attr, &stackSize)
     pthread_attr_destroy(&attr)
-    let lowest = StackProbe.lowest.withLock { $0 }
+    let lowest = StackProbe.lowest.guarded { $0 }
     let used = lowest == .max || lowest > job.stackTop ? 0 : Int(job.stackTop - lowest)
     return ThreadRun(result: result!, stackSize: stackSize, used: used)
 }

@@ -169,14 +169,14 @@ enum Hostile {
         let flag = DoneFlag()
         Task.detached {
             await pool.shutdown()
-            flag.done.withLock { $0 = true }
+            flag.done.guarded { $0 = true }
         }
         let deadline = ContinuousClock.now + .seconds(seconds)
         while ContinuousClock.now < deadline {
-            if flag.done.withLock({ $0 }) { return true }
+            if flag.done.guarded({ $0 }) { return true }
             try? await Task.sleep(for: .milliseconds(10))
         }
-        return flag.done.withLock { $0 }
+        return flag.done.guarded { $0 }
     }
 
     /// Polls `condition` (async sleeps) until it holds or `seconds` pass.

@@ -173,13 +173,13 @@ package enum WorkerShipping {
             throw SSHError.failed(host: label, "cannot read the worker executable \(path): \(SystemErrorText())")
         }
         let key = "\(path)|\(info.st_size)|\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)|\(info.st_ino)"
-        if let known = digests.withLock({ $0[key] }) { return known }
+        if let known = digests.guarded({ $0[key] }) { return known }
         var bytes = [UInt8](repeating: 0, count: 32)
         guard cssh2_sha256_file(path, &bytes) == 0 else {
             throw SSHError.failed(host: label, "cannot hash the worker executable \(path)")
         }
         let hex = hexString(bytes)
-        digests.withLock { $0[key] = hex }
+        digests.guarded { $0[key] = hex }
         return hex
     }
 

@@ -41,11 +41,16 @@ package final class FrameSplitter {
     /// that fits (fresh memory costs a page fault and zeroing per page).
     private var spare: [UInt8]?
 
+    /// A copy of what is read, for fuzz seeds (nil unless
+    /// `PROCESSPOOL_RECORD_STREAMS` is set).
+    private var recorder: StreamRecorder?
+
     /// Whether an announced attachment is still arriving.
     private var receivingAttachment: Bool { received.count < announced.count }
 
     package init(expectPreamble: Bool, initialCapacity: Int = 64 * 1024) {
         preamblePending = expectPreamble
+        recorder = StreamRecorder(toParent: expectPreamble)
         capacity = initialCapacity
         storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
     }
@@ -85,10 +90,14 @@ package final class FrameSplitter {
         // Buffered bytes go first; then the stream goes straight into the attachment.
         if receivingAttachment && drainIntoAttachments() == false {
             let window = prefaultAhead()
+            let start = partialFilled
             let got = partial.withUnsafeMutableBytes { raw in
-                read(UnsafeMutableRawBufferPointer(rebasing: raw[partialFilled..<window]))
+                read(UnsafeMutableRawBufferPointer(rebasing: raw[start..<window]))
             }
             if got > 0 {
+                if recorder != nil {
+                    partial.withUnsafeBytes { recorder?.record(UnsafeRawBufferPointer(rebasing: $0[start..<start + got])) }
+                }
                 partialFilled += got
                 finishAttachmentIfComplete()
             }
@@ -98,7 +107,10 @@ package final class FrameSplitter {
         let want = owed > Self.smallReadBytes ? owed : Self.smallReadBytes
         reserveFree(want)
         let got = read(UnsafeMutableRawBufferPointer(start: storage + writeIndex, count: want))
-        if got > 0 { writeIndex += got }
+        if got > 0 {
+            if recorder != nil { recorder?.record(UnsafeRawBufferPointer(start: storage + writeIndex, count: got)) }
+            writeIndex += got
+        }
         return got
     }
 
