@@ -132,6 +132,11 @@ public struct TaggedEcho: ProcessTask {
     }
 }
 
+/// How the pool reports a worker that segfaulted: "signal SIGSEGV"; under
+/// ThreadSanitizer, whose runtime catches the fault in the worker and
+/// exits, "exit code 66".
+public var segfaultEnd: String { threadSanitizerIsActive ? "exit code 66" : "signal SIGSEGV" }
+
 /// Ends the worker in a chosen way.
 public struct Die: ProcessTask {
     public enum How: String, Codable, Sendable { case sigkill, sigsegv, exit3, trap }

@@ -107,7 +107,7 @@ struct SSHTwoHostTests {
                 Issue.record("the poison task succeeded")
             } catch let lost as WorkerLost {
                 #expect(lost.attempts.count == 3, "\(lost)")
-                #expect(lost.attempts.allSatisfy { $0.end.contains("SIGSEGV") }, "\(lost)")
+                #expect(lost.attempts.allSatisfy { $0.end.contains(segfaultEnd) }, "\(lost)")
                 #expect(lost.attempts.allSatisfy { $0.worker.contains("127.0.0.1:\(server.port)") }, "\(lost)")
                 #expect(Set(lost.attempts.map(\.worker)).count == 3, "three different workers: \(lost)")
             }

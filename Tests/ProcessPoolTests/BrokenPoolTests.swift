@@ -19,7 +19,7 @@ struct BrokenPoolTests {
         case .sigkill: expected = "signal SIGKILL"
         // Under ThreadSanitizer its runtime catches the fault and exits the
         // worker with a code of its own: the reason then names that end.
-        case .sigsegv: expected = threadSanitizerIsActive ? "ended with" : "signal SIGSEGV"
+        case .sigsegv: expected = segfaultEnd
         case .exit3: expected = "exit code 3"
         case .trap: expected = "signal"
         }

@@ -163,7 +163,7 @@ private func ids<T>(_ futures: [TaskFuture<T>]) -> Set<ObjectIdentifier> { Set(f
 
 private func expectedDeath(_ how: CrashKind) -> String {
     switch how {
-    case .sigsegv: "signal SIGSEGV"
+    case .sigsegv: segfaultEnd
     case .exit: "exit code \(crashExitCode)"
     case .sigkill: "signal SIGKILL"
     }
@@ -347,7 +347,7 @@ struct CPythonDeadlockPortTests {
         gates.open("go")
         #expect(waiting.finished(within: 60), "shutdown(wait: true) hung after a worker crashed")
         let reason = await expectBroken { _ = try await settle(crashing) }
-        #expect(reason?.contains("SIGSEGV") == true, "\(reason ?? "")")
+        #expect(reason?.contains(segfaultEnd) == true, "\(reason ?? "")")
         _ = await expectBroken { _ = try await settle(blocked) }
         for future in pending { _ = await expectBroken { _ = try await settle(future) } }
         #expect(pool.liveWorkerCount == 0)

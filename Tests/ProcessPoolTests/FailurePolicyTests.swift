@@ -51,7 +51,7 @@ struct FailurePolicyTests {
         } catch let lost as WorkerLost {
             #expect(lost.attempts.count == 3, "\(lost)")
             #expect(lost.task.contains("Die"), "\(lost)")
-            #expect(lost.attempts.allSatisfy { $0.end.contains("SIGSEGV") }, "\(lost)")
+            #expect(lost.attempts.allSatisfy { $0.end.contains(segfaultEnd) }, "\(lost)")
             #expect(Set(lost.attempts.map(\.worker)).count == 3, "three different workers: \(lost)")
             #expect("\(lost)".contains("attempt 3"), "\(lost)")
         }

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the test suite (or part of it) under a sanitizer.
+#
+#   Scripts/sanitize.sh thread  [--filter REGEX]   # ThreadSanitizer
+#   Scripts/sanitize.sh address [--filter REGEX]   # AddressSanitizer
+#
+# Builds into .build-<sanitizer>/ (kept apart from the normal build), runs
+# `swift test --no-parallel` there and then reads the log: any sanitizer
+# report (in the test runner or in a worker, whose stderr is the runner's)
+# fails the run, even one the runner's exit status would not show. The log
+# is .build-<sanitizer>/sanitize.log; a summary is printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { sed -n 2,11p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+kind="$1"; shift
+case "$kind" in
+  thread) pattern='WARNING: ThreadSanitizer|ERROR: ThreadSanitizer' ;;
+  address) pattern='ERROR: AddressSanitizer|ERROR: LeakSanitizer' ;;
+  *) echo "sanitize: thread or address, not $kind" >&2; exit 2 ;;
+esac
+filter=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --filter) filter=(--filter "$2"); shift 2 ;;
+    *) echo "sanitize: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+scratch=".build-$kind"
+log="$scratch/sanitize.log"
+mkdir -p "$scratch"
+start=$(date +%s)
+swift build --build-tests --sanitize="$kind" --scratch-path "$scratch" 2>&1 | tail -3
+built=$(date +%s)
+status=0
+# Workers that crash on purpose must not start Swift's crash reporter.
+SWIFT_BACKTRACE=enable=no stdbuf -oL -eL swift test --skip-build --sanitize="$kind" --scratch-path "$scratch" \
+  --no-parallel "${filter[@]}" > "$log" 2>&1 || status=$?
+reports=$(grep -cE "$pattern" "$log" || true)
+echo "sanitize $kind: build $((built - start)) s, tests $(( $(date +%s) - built )) s, runner exit $status, $reports sanitizer reports"
+grep -E '^(✔|✘) Test run with|^Test run with' "$log" | tail -1 || true
+if [ "$reports" != 0 ]; then
+  grep -E -A12 "$pattern" "$log" | head -60
+  status=1
+fi
+if [ "$status" != 0 ]; then
+  grep -E '^✘ Test .*(recorded an issue|failed)' "$log" | head -20 || true
+fi
+exit $status
