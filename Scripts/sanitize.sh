@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Runs the test suite (or part of it) under a sanitizer.
 #
-#   Scripts/sanitize.sh thread  [--filter REGEX]   # ThreadSanitizer
-#   Scripts/sanitize.sh address [--filter REGEX]   # AddressSanitizer
+#   Scripts/sanitize.sh thread  [--filter REGEX] [--skip REGEX]   # ThreadSanitizer
+#   Scripts/sanitize.sh address [--filter REGEX] [--skip REGEX]   # AddressSanitizer
 #
 # Builds into .build-<sanitizer>/ (kept apart from the normal build), runs
 # `swift test --no-parallel` there and then reads the log: any sanitizer
 # report (in the test runner or in a worker, whose stderr is the runner's)
 # fails the run, even one the runner's exit status would not show. The log
-# is .build-<sanitizer>/sanitize.log; a summary is printed.
+# is .build-<sanitizer>/sanitize.log; a summary is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n 2,11p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,12p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 kind="$1"; shift
 case "$kind" in
   thread) pattern='WARNING: ThreadSanitizer|ERROR: ThreadSanitizer' ;;
@@ -21,7 +21,8 @@ esac
 filter=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --filter) filter=(--filter "$2"); shift 2 ;;
+    --filter) filter+=(--filter "$2"); shift 2 ;;
+    --skip) filter+=(--skip "$2"); shift 2 ;;
     *) echo "sanitize: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -31,10 +32,14 @@ mkdir -p "$scratch"
 start=$(date +%s)
 swift build --build-tests --sanitize="$kind" --scratch-path "$scratch" 2>&1 | tail -3
 built=$(date +%s)
-status=0
 # Workers that crash on purpose must not start Swift's crash reporter.
+# The runner's output is shown as it comes (a CI step that times out can
+# name the tests still running) and kept in the log.
+set +e
 SWIFT_BACKTRACE=enable=no stdbuf -oL -eL swift test --skip-build --sanitize="$kind" --scratch-path "$scratch" \
-  --no-parallel "${filter[@]}" > "$log" 2>&1 || status=$?
+  --no-parallel "${filter[@]}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
 reports=$(grep -cE "$pattern" "$log" || true)
 echo "sanitize $kind: build $((built - start)) s, tests $(( $(date +%s) - built )) s, runner exit $status, $reports sanitizer reports"
 grep -E '^(✔|✘) Test run with|^Test run with' "$log" | tail -1 || true
