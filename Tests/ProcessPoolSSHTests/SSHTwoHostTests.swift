@@ -64,9 +64,13 @@ struct SSHTwoHostTests {
                 for try await output in try pool.map((0..<300).map { TaggedEcho($0, microseconds: 3_000) }) {
                     values.append(output.value)
                     if values.count == 60 {
-                        // Host b goes down: its connections and its listener die.
-                        for pid in b.connectionProcesses() { kill(pid, SIGKILL) }
+                        // Host b goes down: its listener first (killed after its
+                        // connections, it could still accept the pool's reconnect,
+                        // whose orphaned connection then served on: seen under TSan),
+                        // then its connections.
+                        let connections = b.connectionProcesses()
                         kill(b.pid, SIGKILL)
+                        for pid in connections { kill(pid, SIGKILL) }
                     }
                 }
                 #expect(values == Array(0..<300), "every result once, in order, though host b was lost")
