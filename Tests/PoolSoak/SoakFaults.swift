@@ -18,8 +18,8 @@ func parentOf(_ pid: pid_t) -> pid_t? {
     return pid_t(fields[1])
 }
 
-/// Whether `pid` is a live worker of this soak: a child of ours or of our
-/// forkserver; over ssh, one of the soak sshd's remote workers (they run on
+/// Whether `pid` is a live worker of this soak: a child of ours, or of our
+/// forkserver or a fork pool's template; over ssh, one of the soak sshd's remote workers (they run on
 /// this machine, so the pid a task reports can be signalled). A pid that is
 /// neither is never signalled.
 func isOurWorker(_ pid: pid_t, ssh: SSHTarget?) -> Bool {
@@ -27,8 +27,8 @@ func isOurWorker(_ pid: pid_t, ssh: SSHTarget?) -> Bool {
     if let ssh { return ssh.server.remoteWorkers().contains(pid) }
     guard let parent = parentOf(pid) else { return false }
     if parent == getpid() { return true }
+    // A worker of a forkserver or of a fork pool's template: our grandchild.
     return parentOf(parent) == getpid()
-        && (readTextFile("/proc/\(parent)/environ") ?? "").contains("SWIFT_PROCESSPOOL_ROLE=forkserver")
 }
 
 /// Cuts the ssh connection of a pool: the relay's sockets shut, or the sshd

@@ -338,7 +338,12 @@ func runRound(method name: String, ssh: SSHTarget?, random: inout SoakRandom) as
         if let reason = pool.brokenReason { violation("a pool with retry(maxAttempts: \(retryAttempts)) broke: \(reason)") }
     }
     // Every way of ending a pool.
-    switch Int.random(in: 0..<6, using: &random) {
+    let ending = Int.random(in: 0..<6, using: &random)
+    if tracing {
+        print("trace round \(currentRound.round): ending \(ending), \(pending.count) pending")
+        fflush(nil)
+    }
+    switch ending {
     case 0: pool.shutdown(wait: true)
     case 1: pool.shutdown(wait: false)
     case 2: await pool.shutdown(cancelFutures: true)

@@ -109,6 +109,31 @@ struct FailurePolicyTests {
         await pool.shutdown()
     }
 
+    @Test("shutdown(cancelFutures:) right after an interrupt: the items queued again are running futures; they run (found by pool-soak)",
+          arguments: localMethods)
+    func cancelFuturesAfterInterrupt(method: StartMethod) async throws {
+        let pool = try makePool(method, maxWorkers: 1)
+        for try await _ in try pool.map((0..<300).map { Echo($0) }, chunkSize: 1) {}
+        let gates = GateDirectory()
+        defer { gates.cleanup() }
+        let blocker = try pool.submit(WaitForFile(path: gates.file("never")))
+        let behind = try (0..<5).map { try pool.submit(Echo(100 + $0)) }
+        #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning && behind.allSatisfy(\.isRunning) },
+                "the worker holds the blocker and the five behind it")
+        let queued = try (0..<3).map { try pool.submit(Echo(200 + $0)) }
+        #expect(blocker.interrupt())
+        // The five go back to the queue, still running futures; the three
+        // never ran. Dropping the five with the queue left them running forever.
+        await pool.shutdown(cancelFutures: true)
+        var values: [Int] = []
+        for future in behind { values.append(try await settle(future, within: 30)) }
+        #expect(values == Array(100..<105), "the interrupted worker's other items ran")
+        for future in queued {
+            // Cancelled, unless a worker took it before the shutdown began.
+            #expect(future.isDone)
+        }
+    }
+
     @Test("time limits: endless tasks among short ones end with TaskTimeLimitExceeded; the short ones succeed",
           arguments: localMethods)
     func timeLimits(method: StartMethod) async throws {

@@ -497,9 +497,18 @@ package final class PoolCore: @unchecked Sendable {
         }
     }
 
+    /// `shutdown(cancelFutures: true)`: cancels the queued items that never
+    /// ran (lock held). Items queued again after their worker died or was
+    /// interrupted are running futures, which cancel() cannot end: they stay
+    /// queued and run, as running futures do under CPython's cancel_futures.
+    /// (Dropping them left their futures running forever: pool-soak.)
     private func cancelPendingLocked() {
         let items = pending.drain()
-        afterUnlock.append { for item in items { item.sink.cancel() } }
+        var cancelled: [WorkItem] = []
+        for item in items {
+            if item.sink.isRunning { pending.append(item) } else { cancelled.append(item) }
+        }
+        afterUnlock.append { for item in cancelled { item.sink.cancel() } }
     }
 
     /// Runs `body` once the pool has finished (at once if it has).

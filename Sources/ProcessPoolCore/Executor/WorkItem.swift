@@ -17,6 +17,9 @@ package protocol WorkSink: AnyObject, Sendable {
     func interrupted()
     /// Whether the consumer gave up on it.
     var isCancelled: Bool { get }
+    /// Whether it was sent to a worker once (it may be queued again since,
+    /// after its worker died or was stopped): no longer cancellable.
+    var isRunning: Bool { get }
 }
 
 /// What the parent needs to turn an outcome into a Swift value or error.
@@ -175,6 +178,7 @@ package final class ChunkSink<Output: Decodable & Sendable>: WorkSink {
 
     package func markRunning() -> Bool { future.markRunning() }
     package var isCancelled: Bool { future.isCancelled }
+    package var isRunning: Bool { future.isRunning }
     package func fail(_ error: any Error) { future.finish(.failure(error)) }
     @discardableResult package func cancel() -> Bool { future.cancel() }
     package func interrupted() { future.cancelRunning() }
