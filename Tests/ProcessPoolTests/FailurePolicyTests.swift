@@ -12,6 +12,19 @@ struct FailurePolicyTests {
                                 failurePolicy: .retry(maxAttempts: attempts))
     }
 
+    /// In a one-worker pool: an endless task running, and five `Echo` items
+    /// (100...104) sent to the same worker behind it (short tasks first, so
+    /// that the worker is then sent several items at once).
+    static func blockerWithFiveBehind(_ pool: ProcessPoolExecutor,
+                                      gates: GateDirectory) async throws -> (TaskFuture<Int>, [TaskFuture<Int>]) {
+        for try await _ in try pool.map((0..<300).map { Echo($0) }, chunkSize: 1) {}
+        let blocker = try pool.submit(WaitForFile(path: gates.file("never")))
+        let behind = try (0..<5).map { try pool.submit(Echo(100 + $0)) }
+        #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning && behind.allSatisfy(\.isRunning) },
+                "the worker holds the blocker and the five behind it")
+        return (blocker, behind)
+    }
+
     @Test("retry: workers SIGKILLed at random points of a long map; every result arrives, in order, once",
           arguments: localMethods)
     func killsDuringMap(method: StartMethod) async throws {
@@ -86,13 +99,9 @@ struct FailurePolicyTests {
           arguments: localMethods)
     func interruptRunning(method: StartMethod) async throws {
         let pool = try makePool(method, maxWorkers: 1)
-        // Short tasks first: the worker is then sent several items at once.
-        for try await _ in try pool.map((0..<300).map { Echo($0) }, chunkSize: 1) {}
         let gates = GateDirectory()
         defer { gates.cleanup() }
-        let blocker = try pool.submit(WaitForFile(path: gates.file("never")))
-        let behind = try (0..<5).map { try pool.submit(Echo(100 + $0)) }
-        #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning })
+        let (blocker, behind) = try await Self.blockerWithFiveBehind(pool, gates: gates)
         #expect(blocker.interrupt(), "interrupt() reports the future cancelled")
         do {
             _ = try await blocker.value
@@ -113,13 +122,9 @@ struct FailurePolicyTests {
           arguments: localMethods)
     func cancelFuturesAfterInterrupt(method: StartMethod) async throws {
         let pool = try makePool(method, maxWorkers: 1)
-        for try await _ in try pool.map((0..<300).map { Echo($0) }, chunkSize: 1) {}
         let gates = GateDirectory()
         defer { gates.cleanup() }
-        let blocker = try pool.submit(WaitForFile(path: gates.file("never")))
-        let behind = try (0..<5).map { try pool.submit(Echo(100 + $0)) }
-        #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning && behind.allSatisfy(\.isRunning) },
-                "the worker holds the blocker and the five behind it")
+        let (blocker, behind) = try await Self.blockerWithFiveBehind(pool, gates: gates)
         let queued = try (0..<3).map { try pool.submit(Echo(200 + $0)) }
         #expect(blocker.interrupt())
         // The five go back to the queue, still running futures; the three

@@ -29,6 +29,16 @@ struct ForkLauncher: WorkerLauncher {
 /// Forks a child that serves `registry` over a new channel; returns our side.
 func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
     let channel = try Channel.make()
+    let (pid, pidfd) = try forkChild(on: channel) { ProcessPoolWorker.serve(descriptor: $0, registry: registry) }
+    return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd)
+}
+
+/// Forks this process (on the launcher thread). The child unblocks
+/// signals, ties its life to ours, closes our end of `channel` and every
+/// pool descriptor it inherited, runs `body` on its own end and exits with
+/// what `body` returns. Here: the child's end is closed, and the child's
+/// pid and a pidfd for it are returned; on failure our end is closed too.
+func forkChild(on channel: Channel, _ body: (_ descriptor: Int32) -> Int32) throws -> (pid_t, Int32) {
     let inherited = ParentDescriptors.snapshot()
     let parent = getpid()
     cpp_flush_all()
@@ -41,24 +51,22 @@ func forkWorker(registry: TaskRegistry) throws -> any WorkerConnection {
         tieLifetimeToParent(parent)
         _ = Glibc.close(channel.parentEnd)
         for fd in inherited { _ = Glibc.close(fd) }
-        let code = ProcessPoolWorker.serve(descriptor: channel.childEnd, registry: registry)
+        let code = body(channel.childEnd)
         cpp_flush_all()
         cpp_exit_now(code)
     }
-    guard pid > 0 else {
-        closeDescriptor(channel.parentEnd)
-        closeDescriptor(channel.childEnd)
-        throw SystemError("fork")
-    }
     closeDescriptor(channel.childEnd)
-    let pidfd: Int32
+    guard pid > 0 else {
+        let failure = SystemError("fork")
+        closeDescriptor(channel.parentEnd)
+        throw failure
+    }
     do {
-        pidfd = try openPidfdOrReap(pid)
+        return (pid, try openPidfdOrReap(pid))
     } catch {
         closeDescriptor(channel.parentEnd)
         throw error
     }
-    return LocalWorkerConnection(pid: pid, stream: channel.parentEnd, pidfd: pidfd)
 }
 
 /// Test hooks around each `fork` of a worker (parent side): a test uses

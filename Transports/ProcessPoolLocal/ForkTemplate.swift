@@ -23,35 +23,7 @@ enum ForkTemplate {
         let setup = try ForkServerProcess.Setup()
         let channel = setup.channel
         ForkServerLoop.prepareForFork()
-        let inherited = ParentDescriptors.snapshot()
-        let parent = getpid()
-        cpp_flush_all()
-        let hooks = ForkHooks.current
-        hooks.before?()
-        let pid = cpp_fork()
-        if pid != 0 { hooks.after?() }
-        if pid == 0 {
-            cpp_unblock_all_signals()
-            tieLifetimeToParent(parent)
-            _ = Glibc.close(channel.parentEnd)
-            for fd in inherited { _ = Glibc.close(fd) }
-            let code = runForkServer(descriptor: channel.childEnd, registry: registry)
-            cpp_flush_all()
-            cpp_exit_now(code)
-        }
-        closeDescriptor(channel.childEnd)
-        guard pid > 0 else {
-            let failure = SystemError("fork")
-            closeDescriptor(channel.parentEnd)
-            throw failure
-        }
-        let pidfd: Int32
-        do {
-            pidfd = try openPidfdOrReap(pid)
-        } catch {
-            closeDescriptor(channel.parentEnd)
-            throw error
-        }
+        let (pid, pidfd) = try forkChild(on: channel) { runForkServer(descriptor: $0, registry: registry) }
         ParentDescriptors.insert(channel.parentEnd)
         ParentDescriptors.insert(pidfd)
         return ForkServerProcess(name: "fork template", executable: ProcessSpawner.currentExecutable, pid: pid,
