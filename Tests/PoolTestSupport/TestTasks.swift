@@ -132,10 +132,18 @@ public struct TaggedEcho: ProcessTask {
     }
 }
 
-/// How the pool reports a worker that segfaulted: "signal SIGSEGV"; under
-/// ThreadSanitizer, whose runtime catches the fault in the worker and
-/// exits, "exit code 66".
-public var segfaultEnd: String { threadSanitizerIsActive ? "exit code 66" : "signal SIGSEGV" }
+/// How the pool reports a worker that segfaulted: "signal SIGSEGV"; under a
+/// sanitizer, whose runtime catches the fault in the worker and exits with
+/// its own code, "exit code 66" (ThreadSanitizer) or "exit code 1"
+/// (AddressSanitizer).
+public var segfaultEnd: String {
+    if threadSanitizerIsActive { return "exit code 66" }
+    if addressSanitizerIsActive { return "exit code 1" }
+    return "signal SIGSEGV"
+}
+
+/// Whether this process runs under AddressSanitizer (its runtime is linked in).
+public let addressSanitizerIsActive: Bool = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
 
 /// Ends the worker in a chosen way.
 public struct Die: ProcessTask {
