@@ -139,6 +139,26 @@ struct FailurePolicyTests {
         }
     }
 
+    @Test("retry: with no worker left, failed launches are tried again for a while; only launches that keep failing break the pool (found by pool-soak over ssh)")
+    func launchesRetriedWithNoWorker() async throws {
+        let base = StartMethod.spawn(executable: TestEnvironment.workerExecutable).launcher
+        // Both first launches fail: no worker at all, and work waiting (as
+        // when an ssh host's only connection was cut and the first channel
+        // opened on the dying session fails).
+        let flaky = StartMethod(launcher: FlakyLauncher(base: base, failEvery: 0, failFirst: 2))
+        let pool = try ProcessPoolExecutor(maxWorkers: 2, context: flaky, tasks: testRegistry,
+                                           failurePolicy: .retry(maxAttempts: 3))
+        #expect(try await settle(pool.submit(Echo(5)), within: 30) == 5)
+        #expect(pool.brokenReason == nil)
+        await pool.shutdown()
+        // Launches that never succeed: the pool breaks after its grace, naming why.
+        let dead = try ProcessPoolExecutor(maxWorkers: 1, context: StartMethod(launcher: FlakyLauncher(base: base, failEvery: 1)),
+                                           tasks: testRegistry, failurePolicy: .retry(maxAttempts: 3))
+        let reason = await expectBroken { _ = try await settle(dead.submit(Echo(1)), within: 60) }
+        #expect(reason?.contains("errno 24") == true, "\(reason ?? "")")
+        await dead.shutdown()
+    }
+
     @Test("time limits: endless tasks among short ones end with TaskTimeLimitExceeded; the short ones succeed",
           arguments: localMethods)
     func timeLimits(method: StartMethod) async throws {

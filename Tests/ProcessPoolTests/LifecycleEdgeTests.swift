@@ -123,27 +123,31 @@ struct ShortHelloLauncher: WorkerLauncher {
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession { try base.makeSession(for: pool) }
 }
 
-/// Wraps a launcher so that every `failEvery`-th launch fails with EMFILE,
-/// as a process out of descriptors would; completes the failure at once,
-/// on the calling thread (a launcher may).
+/// Wraps a launcher so that the first `failFirst` launches, and every
+/// `failEvery`-th one (0: none), fail with EMFILE, as a process out of
+/// descriptors would; completes the failure at once, on the calling thread
+/// (a launcher may).
 struct FlakyLauncher: WorkerLauncher {
     let base: any WorkerLauncher
     let failEvery: Int
+    var failFirst = 0
     var name: String { base.name }
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
-        FlakySession(base: try base.makeSession(for: pool), failEvery: failEvery)
+        FlakySession(base: try base.makeSession(for: pool), failEvery: failEvery, failFirst: failFirst)
     }
 }
 
 final class FlakySession: LaunchSession, @unchecked Sendable {
     let base: any LaunchSession
     let failEvery: Int
+    let failFirst: Int
     private let lock = NSLockLike()
     private var launches = 0
 
-    init(base: any LaunchSession, failEvery: Int) {
+    init(base: any LaunchSession, failEvery: Int, failFirst: Int) {
         self.base = base
         self.failEvery = failEvery
+        self.failFirst = failFirst
     }
 
     func launchWorker(_ completion: @escaping @Sendable (Result<any WorkerConnection, any Error>) -> Void) {
@@ -151,7 +155,7 @@ final class FlakySession: LaunchSession, @unchecked Sendable {
             launches += 1
             return launches
         }
-        if n % failEvery == 0 {
+        if n <= failFirst || (failEvery > 0 && n % failEvery == 0) {
             completion(.failure(SystemError("posix_spawn", errno: EMFILE)))
         } else {
             base.launchWorker(completion)

@@ -264,7 +264,8 @@ final class IOLoop: @unchecked Sendable {
         if let relaunch = core.relaunchAt, now >= relaunch {
             core.relaunchAt = nil
             let wanted = !core.pending.isEmpty || core.launcher.startsAllWorkersAtOnce
-            if core.broken == nil && !core.shutdownRequested && wanted {
+            // After a shutdown only for work still queued (none may be left to run it).
+            if core.broken == nil && (!core.shutdownRequested || !core.pending.isEmpty) && wanted {
                 for _ in 0..<max(0, core.maxWorkers - core.liveWorkerCount) { core.launchLocked() }
             }
         }

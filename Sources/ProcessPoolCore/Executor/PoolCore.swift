@@ -43,6 +43,12 @@ package final class PoolCore: @unchecked Sendable {
     var launchBackoff = PoolCore.firstLaunchBackoff
     static let firstLaunchBackoff: UInt64 = 1_000_000_000
     static let maxLaunchBackoff: UInt64 = 30_000_000_000
+    /// Under FailurePolicy.retry: since when the pool has had work, no
+    /// worker, and only failed launches (an ssh host reconnecting after its
+    /// connection was cut, a passing EMFILE); it breaks once that has lasted
+    /// `workerlessGrace`.
+    var workerlessSince: UInt64?
+    static let workerlessGrace: UInt64 = 10_000_000_000
 
     /// Work to do once the lock is released (failing and cancelling futures
     /// runs their callbacks, which may call back into the pool).
@@ -225,13 +231,24 @@ package final class PoolCore: @unchecked Sendable {
                 switch result {
                 case .success(let connection):
                     launchBackoff = PoolCore.firstLaunchBackoff
+                    workerlessSince = nil
                     adopt(connection)
                 case .failure(let error):
                     // One more worker could not start (EAGAIN, EMFILE, a host
                     // down): the pool carries on with the workers it has, and
                     // breaks only when none is left to run its work.
                     let reason = "could not start a \(launcher.name) worker: \(error)"
-                    if liveWorkerCount == 0 && !pending.isEmpty {
+                    let now = MonotonicClock.now()
+                    if liveWorkerCount == 0 && !pending.isEmpty && failurePolicy.maxAttempts != nil && broken == nil
+                        && now &- (workerlessSince ?? now) < PoolCore.workerlessGrace {
+                        // Under retry, no worker and work waiting: try again,
+                        // backing off, for a while (the pool breaks after that).
+                        if workerlessSince == nil { workerlessSince = now }
+                        logger.info("could not start a worker, and none is left; trying again",
+                                    metadata: ["error": "\(error)", "in": "\(launchBackoff / 1_000_000) ms"])
+                        relaunchAt = now &+ launchBackoff
+                        launchBackoff = min(launchBackoff * 2, PoolCore.maxLaunchBackoff)
+                    } else if liveWorkerCount == 0 && !pending.isEmpty {
                         breakLocked(reason)
                     } else {
                         logger.info("could not start one more worker; carrying on",
