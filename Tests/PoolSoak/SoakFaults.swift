@@ -244,7 +244,11 @@ func timeLimits(_ pool: ProcessPoolExecutor, random: inout SoakRandom) async thr
             violation("a map whose item \(at) is endless, with a \(milliseconds) ms limit, completed")
         } catch is TaskTimeLimitExceeded {
             counts.timeLimitsHit += 1
-            if got != at { violation("a map whose item \(at) ran past its limit gave \(got) results first") }
+            // An item before the endless one may itself run past a short
+            // limit on a loaded machine (the limit runs from when the pool
+            // sends the item; over ssh that includes the trip): fewer
+            // results first is possible, more is not.
+            if got > at { violation("a map whose item \(at) ran past its limit gave \(got) results first") }
         } catch {
             violation("a map whose item \(at) is endless, with a \(milliseconds) ms limit, failed with \(error)")
         }
