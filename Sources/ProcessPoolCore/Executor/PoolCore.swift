@@ -239,32 +239,37 @@ package final class PoolCore: @unchecked Sendable {
                     // breaks only when none is left to run its work.
                     let reason = "could not start a \(launcher.name) worker: \(error)"
                     let now = MonotonicClock.now()
-                    if liveWorkerCount == 0 && !pending.isEmpty && failurePolicy.maxAttempts != nil && broken == nil
-                        && now &- (workerlessSince ?? now) < PoolCore.workerlessGrace {
-                        // Under retry, no worker and work waiting: try again,
-                        // backing off, for a while (the pool breaks after that).
+                    let retrying = failurePolicy.maxAttempts != nil && broken == nil
+                    if liveWorkerCount == 0 && !pending.isEmpty {
+                        // No worker for the work waiting. Under retry, try
+                        // again, backing off, for a while; then break.
+                        guard retrying && now &- (workerlessSince ?? now) < PoolCore.workerlessGrace else {
+                            breakLocked(reason)
+                            break
+                        }
                         if workerlessSince == nil { workerlessSince = now }
                         logger.info("could not start a worker, and none is left; trying again",
                                     metadata: ["error": "\(error)", "in": "\(launchBackoff / 1_000_000) ms"])
-                        relaunchAt = now &+ launchBackoff
-                        launchBackoff = min(launchBackoff * 2, PoolCore.maxLaunchBackoff)
-                    } else if liveWorkerCount == 0 && !pending.isEmpty {
-                        breakLocked(reason)
+                        relaunchLaterLocked(now: now)
                     } else {
                         logger.info("could not start one more worker; carrying on",
                                     metadata: ["error": "\(error)", "workers": "\(liveWorkerCount)"])
                         // Under FailurePolicy.retry the pool tries again later,
                         // backing off, so that a host that comes back rejoins.
-                        if failurePolicy.maxAttempts != nil && broken == nil && !shutdownRequested {
-                            relaunchAt = MonotonicClock.now() &+ launchBackoff
-                            launchBackoff = min(launchBackoff * 2, PoolCore.maxLaunchBackoff)
-                        }
+                        if retrying && !shutdownRequested { relaunchLaterLocked(now: now) }
                     }
                 }
                 wakeLocked()
             }
             done?()
         } }
+    }
+
+    /// Asks the I/O thread to start the missing workers after the current
+    /// back-off, and doubles it for the next failure (lock held).
+    private func relaunchLaterLocked(now: UInt64) {
+        relaunchAt = now &+ launchBackoff
+        launchBackoff = min(launchBackoff * 2, PoolCore.maxLaunchBackoff)
     }
 
     /// Takes a started worker into the pool and sends it its configuration.
