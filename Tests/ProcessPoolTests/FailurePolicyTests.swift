@@ -13,16 +13,22 @@ struct FailurePolicyTests {
     }
 
     /// In a one-worker pool: an endless task running, and five `Echo` items
-    /// (100...104) sent to the same worker behind it (short tasks first, so
-    /// that the worker is then sent several items at once).
+    /// (100...104) behind it. Short tasks first, so that the worker is then
+    /// sent several items at once: as many as its in-flight window allows,
+    /// which depends on how long an `Echo` took it (under TSan, fewer).
+    /// Returns the blocker, the five, and how many of them the worker holds
+    /// (at least one: the pool decides at `submit`, and nothing changes it
+    /// while the blocker runs).
     static func blockerWithFiveBehind(_ pool: ProcessPoolExecutor,
-                                      gates: GateDirectory) async throws -> (TaskFuture<Int>, [TaskFuture<Int>]) {
+                                      gates: GateDirectory) async throws -> (TaskFuture<Int>, [TaskFuture<Int>], held: Int) {
         for try await _ in try pool.map((0..<300).map { Echo($0) }, chunkSize: 1) {}
         let blocker = try pool.submit(WaitForFile(path: gates.file("never")))
         let behind = try (0..<5).map { try pool.submit(Echo(100 + $0)) }
-        #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning && behind.allSatisfy(\.isRunning) },
-                "the worker holds the blocker and the five behind it")
-        return (blocker, behind)
+        #expect(await Hostile.eventuallyAsync(30) { blocker.isRunning }, "the worker runs the blocker")
+        let held = behind.prefix { $0.isRunning }.count
+        #expect(held >= 1, "the worker holds items behind the blocker")
+        #expect(behind.dropFirst(held).allSatisfy { !$0.isRunning }, "items are sent in order")
+        return (blocker, behind, held)
     }
 
     @Test("retry: workers SIGKILLed at random points of a long map; every result arrives, in order, once",
@@ -101,7 +107,7 @@ struct FailurePolicyTests {
         let pool = try makePool(method, maxWorkers: 1)
         let gates = GateDirectory()
         defer { gates.cleanup() }
-        let (blocker, behind) = try await Self.blockerWithFiveBehind(pool, gates: gates)
+        let (blocker, behind, _) = try await Self.blockerWithFiveBehind(pool, gates: gates)
         #expect(blocker.interrupt(), "interrupt() reports the future cancelled")
         do {
             _ = try await blocker.value
@@ -124,15 +130,16 @@ struct FailurePolicyTests {
         let pool = try makePool(method, maxWorkers: 1)
         let gates = GateDirectory()
         defer { gates.cleanup() }
-        let (blocker, behind) = try await Self.blockerWithFiveBehind(pool, gates: gates)
-        let queued = try (0..<3).map { try pool.submit(Echo(200 + $0)) }
+        let (blocker, behind, held) = try await Self.blockerWithFiveBehind(pool, gates: gates)
+        let queued = Array(behind.dropFirst(held)) + (try (0..<3).map { try pool.submit(Echo(200 + $0)) })
         #expect(blocker.interrupt())
-        // The five go back to the queue, still running futures; the three
-        // never ran. Dropping the five with the queue left them running forever.
+        // The items the worker held go back to the queue, still running
+        // futures; the others never ran. Dropping the held ones with the
+        // queue left them running forever.
         await pool.shutdown(cancelFutures: true)
         var values: [Int] = []
-        for future in behind { values.append(try await settle(future, within: 30)) }
-        #expect(values == Array(100..<105), "the interrupted worker's other items ran")
+        for future in behind.prefix(held) { values.append(try await settle(future, within: 30)) }
+        #expect(values == Array(100..<(100 + held)), "the interrupted worker's other items ran")
         for future in queued {
             // Cancelled, unless a worker took it before the shutdown began.
             #expect(future.isDone)
