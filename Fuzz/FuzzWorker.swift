@@ -4,6 +4,12 @@
 // the other end (then shuts down its writing side) and drains whatever the
 // worker answers. The worker must return, never crash or hang.
 //
+// The helper thread is started once and handed one input at a time: a thread
+// started and joined per input made ASan's resident memory grow by about
+// 190 bytes per input (1.9 GB after 10 million inputs; none of it in the
+// heap's live allocations), and halved the rate. A real worker has no such
+// thread.
+//
 // Input: the parent's stream (no preamble: the worker sends one, it does not
 // expect one).
 import CProcessPoolShim
@@ -48,23 +54,61 @@ final class ParentEnd {
     }
 }
 
+/// The long-lived helper thread: it waits on `go` for the next `ParentEnd`,
+/// pumps it, and answers on `done`. The pipes order the hand-over: `job` is
+/// written before the byte on `go` and read after it.
+enum Pump {
+    nonisolated(unsafe) static var job: ParentEnd?
+    nonisolated(unsafe) static var go: [Int32] = [-1, -1]
+    nonisolated(unsafe) static var done: [Int32] = [-1, -1]
+    nonisolated(unsafe) static var started = false
+
+    static func start() {
+        guard pipe(&go) == 0, pipe(&done) == 0 else { fatalError("pipe: \(errno)") }
+        var thread = pthread_t()
+        guard pthread_create(&thread, nil, { _ in
+            var token: UInt8 = 0
+            while true {
+                let n = read(Pump.go[0], &token, 1)
+                if n < 0 && errno == EINTR { continue }
+                guard n == 1 else { fatalError("pump: read: \(errno)") }
+                Pump.job?.pump()
+                Pump.job = nil
+                guard write(Pump.done[1], &token, 1) == 1 else { fatalError("pump: write: \(errno)") }
+            }
+            return nil
+        }, nil) == 0 else { fatalError("pthread_create") }
+        pthread_detach(thread)
+        started = true
+    }
+
+    /// Hands `parent` to the helper thread.
+    static func begin(_ parent: ParentEnd) {
+        if !started { start() }
+        job = parent
+        var token: UInt8 = 1
+        guard write(go[1], &token, 1) == 1 else { fatalError("pump: write: \(errno)") }
+    }
+
+    /// Waits until the helper thread is done with the current input.
+    static func finish() {
+        var token: UInt8 = 0
+        while read(done[0], &token, 1) != 1 {
+            guard errno == EINTR else { fatalError("pump: read: \(errno)") }
+        }
+    }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzWorker(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let input = FuzzInput(data, size)
     var fds: [Int32] = [-1, -1]
     guard cpp_socketpair_cloexec(&fds) == 0 else { fatalError("socketpair: \(errno)") }
-    let parent = ParentEnd(fd: fds[0], bytes: input.bytes)
-    var thread = pthread_t()
-    let box = Unmanaged.passRetained(parent).toOpaque()
-    guard pthread_create(&thread, nil, { raw in
-        let parent = Unmanaged<ParentEnd>.fromOpaque(raw!).takeRetainedValue()
-        parent.pump()
-        return nil
-    }, box) == 0 else { fatalError("pthread_create") }
+    Pump.begin(ParentEnd(fd: fds[0], bytes: input.bytes))
     let code = ProcessPoolWorker.serve(descriptor: fds[1], registry: fuzzRegistry)
     precondition(code >= 0 && code <= 2, "exit status \(code)")
     close(fds[1])
-    pthread_join(thread, nil)
+    Pump.finish()
     close(fds[0])
     return 0
 }

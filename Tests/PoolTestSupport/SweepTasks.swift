@@ -31,22 +31,25 @@ public struct SweepPayload: Codable, Sendable, Equatable {
 
     public init(shape: SweepShape, size: Int, seed: Int) {
         self.shape = shape
-        func byte(_ i: Int) -> UInt8 { UInt8(truncatingIfNeeded: i &* 31 &+ seed) }
+        // Byte i is UInt8(truncatingIfNeeded: i &* 31 &+ seed); double i is
+        // Double(i &+ seed) * 0.5 (Patterns.swift builds them fast).
         switch shape {
-        case .data: data = Data((0..<size).map(byte))
-        case .string: string = String(decoding: (0..<size).map { 0x61 + byte($0) % 26 }, as: UTF8.self)
-        case .doubles: doubles = (0..<(size / 8)).map { Double($0 &+ seed) * 0.5 }
+        case .data: data = Data(sweepBytes(count: size, seed: seed))
+        case .string:
+            let letters = periodicBytes(count: size, period: 256) { 0x61 + UInt8(truncatingIfNeeded: $0 &* 31 &+ seed) % 26 }
+            string = String(decoding: letters, as: UTF8.self)
+        case .doubles: doubles = PoolTestSupport.doubles(count: size / 8) { Double($0 &+ seed) * 0.5 }
         case .nested:
             // About 24 bytes per leaf on the wire.
             leaves = (0..<max(0, size / 24)).map { (i: Int) -> Leaf in
                 let flag: Bool? = i % 3 == 0 ? nil : i % 2 == 0
                 return Leaf(name: "l\(i % 100)", values: [Int32(truncatingIfNeeded: i &+ seed)], flag: flag)
             }
-        case .bytes: bytes = (0..<size).map(byte)
+        case .bytes: bytes = sweepBytes(count: size, seed: seed)
         case .mixed:
-            data = Data((0..<(size / 3)).map(byte))
-            doubles = (0..<(size / 24)).map { Double($0) }
-            bytes = (0..<(size / 3)).map(byte)
+            data = Data(sweepBytes(count: size / 3, seed: seed))
+            doubles = PoolTestSupport.doubles(count: size / 24) { Double($0) }
+            bytes = sweepBytes(count: size / 3, seed: seed)
         }
     }
 }
@@ -58,9 +61,9 @@ public struct EchoPayload: ProcessTask {
     public init(_ payload: SweepPayload) { self.payload = payload }
     public func run() -> SweepPayload {
         var out = payload
-        out.data = payload.data.map { Data($0.reversed()) }
-        out.bytes = payload.bytes.map { Array($0.reversed()) }
-        out.doubles = payload.doubles.map { Array($0.reversed()) }
+        out.data = payload.data.map { Data(reversedFast([UInt8]($0))) }
+        out.bytes = payload.bytes.map(reversedFast)
+        out.doubles = payload.doubles.map(reversedFast)
         return out
     }
 }

@@ -20,7 +20,7 @@ public struct EchoBytes: ProcessTask {
 public struct MakeBytes: ProcessTask {
     public var count: Int
     public init(count: Int) { self.count = count }
-    public func run() -> [UInt8] { (0..<count).map { UInt8($0 % 251) } }
+    public func run() -> [UInt8] { periodicBytes(count: count, period: 251) { UInt8($0 % 251) } }
 }
 
 /// Squares a number.

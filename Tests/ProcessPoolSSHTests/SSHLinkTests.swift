@@ -11,7 +11,7 @@ import Testing
 struct SSHLinkTests {
     /// 8 MiB of bytes, distinct per worker.
     static func payload(_ seed: Int) -> [UInt8] {
-        (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ seed) }
+        sweepBytes(count: 8 << 20, seed: seed)
     }
 
     /// The reproduction on loopback. On this VM it did not fail with

@@ -32,7 +32,7 @@ struct SSHPoolTests {
     func largePayloads() async throws {
         try await withServer { server in
             let pool = try ProcessPoolExecutor(context: .ssh([try server.host()], options: server.options()), tasks: testRegistry)
-            let bytes = (0..<(5 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+            let bytes = sweepBytes(count: 5 << 20, seed: 0)
             let echoed = try await settle(try pool.submit(EchoBytes(bytes)))
             #expect(echoed == bytes)
             let made = try await settle(try pool.submit(MakeBytes(count: 6 << 20)))

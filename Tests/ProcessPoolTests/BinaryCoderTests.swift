@@ -340,6 +340,28 @@ struct BinaryCoderTests {
         #expect(try roundTrip(RunsAndValues()) == RunsAndValues())
     }
 
+    /// The decoder parses a run's header at its first byte and keeps it
+    /// while the run lasts: a read of another type part way through, or a
+    /// nil check, must still see that it is inside the run.
+    @Test("a byte run read part way: another type fails, nil is false, the rest reads on")
+    func byteRunPartWay() throws {
+        struct PartWay: Decodable {
+            var read: [UInt8] = []
+            init(from decoder: any Decoder) throws {
+                var container = try decoder.unkeyedContainer()
+                read.append(try container.decode(UInt8.self))
+                #expect(try container.decodeNil() == false)
+                #expect(throws: DecodingError.self) { _ = try container.decode(Int.self) }
+                #expect(throws: DecodingError.self) { _ = try container.decode(String.self) }
+                read.append(try container.decode(UInt8.self))
+                read.append(try container.decode(UInt8.self))
+                #expect(container.isAtEnd)
+                #expect(throws: DecodingError.self) { _ = try container.decode(UInt8.self) }
+            }
+        }
+        #expect(try BinaryDecoder().decode(PartWay.self, from: BinaryEncoder().encode(Data([7, 8, 9]))).read == [7, 8, 9])
+    }
+
     @Test func bulkFastPaths() throws {
         var rng = SplitMix64(state: 1)
         let bytes = (0..<(8 << 20)).map { _ in UInt8.random(in: .min ... .max, using: &rng) }

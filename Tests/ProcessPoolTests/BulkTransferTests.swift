@@ -69,7 +69,7 @@ struct BulkTransferTests {
     @Test("several large arrays per call, optional and nested, both ways, in chunks", arguments: localMethods)
     func attachmentsBothWays(method: StartMethod) async throws {
         let pool = try makePool(method)
-        func blob(_ count: Int, _ seed: Int) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* seed) } }
+        func blob(_ count: Int, _ seed: Int) -> [UInt8] { periodicBytes(count: count, period: 256) { UInt8(truncatingIfNeeded: $0 &* seed) } }
         let tasks = (0..<5).map { i in
             ShuffleBlobs(first: blob(300_000 + i, 3 + i), second: i % 2 == 0 ? blob(1 << 20, 7 + i) : nil,
                          small: blob(100, i))

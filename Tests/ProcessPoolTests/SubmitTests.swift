@@ -167,7 +167,7 @@ struct SubmitTests {
     @Test("8 MiB payloads both ways", arguments: localMethods)
     func largePayloads(method: StartMethod) async throws {
         let pool = try makePool(method)
-        let blob = (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let blob = sweepBytes(count: 8 << 20, seed: 0)
         let echoed = try await settle(pool.submit(EchoBytes(blob)))
         #expect(echoed == blob)
         let made = try await settle(pool.submit(MakeBytes(count: 8 << 20)))

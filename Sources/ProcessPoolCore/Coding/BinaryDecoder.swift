@@ -752,6 +752,10 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     private(set) var currentIndex = 0
     /// Elements already read from the byte run at `cursor`.
     private var runOffset = 0
+    /// Where the bytes of that run start, and how many it holds: parsed
+    /// once, at its first byte (`Data` reads itself one byte at a time).
+    private var runStart = 0
+    private var runLength = 0
 
     init(context: _DecodingContext, cursor: Int, end: Int, depth: Int) {
         self.context = context
@@ -842,17 +846,22 @@ struct _UnkeyedDecoder: UnkeyedDecodingContainer {
     mutating func decode(_ type: Int128.Type) throws -> Int128 { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt.Type) throws -> UInt { try next(type) { try $0.readInteger(type, at: $1) } }
     mutating func decode(_ type: UInt8.Type) throws -> UInt8 {
-        if cursor < end, try context.tag(at: cursor) == BinaryTag.byteRun {
+        if runOffset == 0, cursor < end, try context.tag(at: cursor) == BinaryTag.byteRun {
             let (length, start) = try context.readCount(at: cursor + 1, elementSize: 1, limit: end)
             guard length > 0 else {
                 throw _DecodingContext.corrupted("empty byte run at offset \(cursor)")
             }
-            let byte = context.base.load(fromByteOffset: start + runOffset, as: UInt8.self)
+            runStart = start
+            runLength = length
+        }
+        if runLength > 0 {
+            let byte = context.base.load(fromByteOffset: runStart + runOffset, as: UInt8.self)
             runOffset += 1
             currentIndex += 1
-            if runOffset == length {
-                cursor = start + length
+            if runOffset == runLength {
+                cursor = runStart + runLength
                 runOffset = 0
+                runLength = 0
             }
             return byte
         }
