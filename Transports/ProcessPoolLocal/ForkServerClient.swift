@@ -14,12 +14,12 @@ enum ForkServerClient {
 
     /// The server did not answer a request in time.
     struct ServerSilent: Error, CustomStringConvertible {
-        let name: String
+        let kind: ForkServerProcess.Kind
         let pid: pid_t
         let executable: String
         var description: String {
             // A fork template runs our own code: no bootstrap to forget.
-            guard name == "forkserver" else { return "the \(name) (pid \(pid)) did not answer within 30 s" }
+            guard kind == .forkserver else { return "the \(kind.name) (pid \(pid)) did not answer within 30 s" }
             return "the forkserver (pid \(pid)) did not answer within 30 s; does main() of \(executable) "
                 + "call ProcessPoolExecutor.bootstrap first?"
         }
@@ -117,7 +117,7 @@ enum ForkServerClient {
             let now = cpp_monotonic_ns()
             guard now < deadline else {
                 closeDescriptor(pidfd)
-                throw ServerSilent(name: server.name, pid: server.pid, executable: server.executable)
+                throw ServerSilent(kind: server.kind, pid: server.pid, executable: server.executable)
             }
             let ready = Syscall.poll(&fds, timeoutMilliseconds: Int32(min((deadline - now) / 1_000_000 + 1, 1_000)))
             if ready <= 0 { continue }

@@ -9,8 +9,28 @@ import Synchronization
 /// Started on the launcher thread (its `PR_SET_PDEATHSIG` is tied to the
 /// thread that starts it). The server is our child: `dispose()` reaps it.
 final class ForkServerProcess: Sendable {
+    /// What kind of server this is.
+    enum Kind: Sendable {
+        /// A spawned executable whose `main()` hands over to
+        /// `ProcessPoolExecutor.bootstrap` (the forkserver start method).
+        case forkserver
+        /// A fork of this process running the server loop (a fork pool
+        /// that replaces workers).
+        case forkTemplate
+
+        /// What the server is called in messages.
+        var name: String {
+            switch self {
+            case .forkserver: "forkserver"
+            case .forkTemplate: "fork template"
+            }
+        }
+    }
+
+    /// What kind of server this is.
+    let kind: Kind
     /// What the server is called in messages ("forkserver", "fork template").
-    let name: String
+    var name: String { kind.name }
     /// The executable the server runs.
     let executable: String
     /// The server's pid.
@@ -25,9 +45,9 @@ final class ForkServerProcess: Sendable {
     let key: [UInt8]
     private let served = Atomic<Bool>(false)
 
-    init(name: String = "forkserver", executable: String, pid: pid_t, pidfd: Int32, control: Int32,
+    init(kind: Kind = .forkserver, executable: String, pid: pid_t, pidfd: Int32, control: Int32,
          address: [UInt8], key: [UInt8], served: Bool = false) {
-        self.name = name
+        self.kind = kind
         self.served.store(served, ordering: .relaxed)
         self.executable = executable
         self.pid = pid

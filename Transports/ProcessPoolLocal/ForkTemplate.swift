@@ -26,7 +26,7 @@ enum ForkTemplate {
         let (pid, pidfd) = try forkChild(on: channel) { runForkServer(descriptor: $0, registry: registry) }
         ParentDescriptors.insert(channel.parentEnd)
         ParentDescriptors.insert(pidfd)
-        return ForkServerProcess(name: "fork template", executable: ProcessSpawner.currentExecutable, pid: pid,
+        return ForkServerProcess(kind: .forkTemplate, executable: ProcessSpawner.currentExecutable, pid: pid,
                                  pidfd: pidfd, control: channel.parentEnd, address: setup.address,
                                  key: setup.key, served: true)
     }
