@@ -1,7 +1,6 @@
 import Glibc
 import PoolTestSupport
 import ProcessPool
-import ProcessPoolCore
 import Testing
 
 /// A fork pool that replaces workers (a retrying failure policy) forks them
@@ -57,27 +56,6 @@ struct ForkTemplateTests {
         let second = try await settle(pool.submit(GetParentPID()))
         #expect(second != first && second != getpid(), "a new template (\(second)) replaced \(first)")
         await pool.shutdown()
-    }
-
-    /// A fork child caught a Swift runtime `once` that another thread of
-    /// the parent was running at the fork (in `Set.init`, on its way to
-    /// hello) and waited for it forever. Before forking, the parent now
-    /// runs a worker's start and end itself.
-    @Test("before forking, the parent rehearses a worker's start and end: to the exit frame, nothing left open")
-    func rehearsal() throws {
-        func openDescriptors() -> Int {
-            guard let dir = opendir("/proc/self/fd") else { return -1 }
-            defer { closedir(dir) }
-            var n = 0
-            while readdir(dir) != nil { n += 1 }
-            return n
-        }
-        let before = openDescriptors()
-        let served = ProcessPoolWorker.activeDescriptor
-        #expect(ProcessPoolWorker.rehearse(registry: testRegistry) == 0, "the rehearsal ran to its exit frame")
-        #expect(ProcessPoolWorker.rehearse(registry: testRegistry) == 0, "and again")
-        #expect(openDescriptors() == before)
-        #expect(ProcessPoolWorker.activeDescriptor == served)
     }
 
     @Test("fork without retries forks each worker from this process, as before")

@@ -56,14 +56,11 @@ public struct TaskRegistry: Sendable {
 
     /// Settles, in the parent, every answer a forked worker would otherwise
     /// work out on its first call (which task types travel as blocks; the
-    /// coder's lazily built tables; the worker's own start and end, run once
-    /// on a socketpair), so that the child takes no lock and waits on no
-    /// one-time initialization that another thread of the parent might have
-    /// held at the fork.
+    /// coder's lazily built tables), so that the child takes no lock that
+    /// another thread of the parent might have held at the fork.
     package func prepareForFork() {
         for runner in runners.values { runner.prepare(self) }
         warmCoderForFork()
-        ProcessPoolWorker.rehearse(registry: self)
     }
 
     /// Encodes `error` as a registered error, or nil if its type is not registered.
