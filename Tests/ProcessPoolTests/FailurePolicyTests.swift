@@ -159,10 +159,14 @@ struct FailurePolicyTests {
         #expect(pool.brokenReason == nil)
         await pool.shutdown()
         // Launches that never succeed: the pool breaks after its grace, naming why.
-        let dead = try ProcessPoolExecutor(maxWorkers: 1, context: StartMethod(launcher: FlakyLauncher(base: base, failEvery: 1)),
+        // (A 3 s grace, not the default 10 s: attempts after 1 and 2 s.)
+        let failing = FlakyLauncher(base: base, failEvery: 1, relaunchGrace: .seconds(3))
+        let dead = try ProcessPoolExecutor(maxWorkers: 1, context: StartMethod(launcher: failing),
                                            tasks: testRegistry, failurePolicy: .retry(maxAttempts: 3))
+        let started = ContinuousClock.now
         let reason = await expectBroken { _ = try await settle(dead.submit(Echo(1)), within: 60) }
         #expect(reason?.contains("errno 24") == true, "\(reason ?? "")")
+        #expect(ContinuousClock.now - started >= .seconds(3), "it kept trying for its grace")
         await dead.shutdown()
     }
 

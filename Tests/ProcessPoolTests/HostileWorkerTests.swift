@@ -546,6 +546,35 @@ struct HostileWorkerTests {
         await Hostile.finish(pool, launcher)
     }
 
+    /// Found under TSan: a fork child caught in a runtime lock another
+    /// thread held at the fork never reads its exit frame, and shutdown
+    /// waited for its hello limit (30 s) though the pool had no work left.
+    @Test("shutdown stops a worker that has not said hello and holds no work, instead of waiting for its hello limit")
+    func shutdownStopsWorkerBeforeHello() async throws {
+        let started = Mutex(0)
+        let launcher = FakeLauncher(helloTimeout: .seconds(60)) { w in
+            started.guarded { $0 += 1 }
+            if w.index == 1 {
+                try w.handshake()
+                // Holds its first item until the pool has started a second
+                // worker for the rest.
+                let first = try w.readRun()
+                while started.guarded({ $0 }) < 2 { try w.checkAlive(); usleep(5_000) }
+                try w.answerEcho(first)
+                try w.serveEcho()
+            } else {
+                try w.lingerUntilKilled()
+            }
+        }
+        let pool = try Hostile.makeFakePool(launcher, maxWorkers: 2)
+        let futures = try (0..<4).map { try pool.submit(Echo($0)) }
+        #expect(await Hostile.eventuallyAsync(10) { launcher.connections.count == 2 }, "a second worker was started")
+        for (i, future) in futures.enumerated() { #expect(try await settle(future, within: 20) == i) }
+        #expect(await Hostile.shutdownWithin(pool, seconds: 20), "shutdown waited for the silent worker's hello limit")
+        #expect(pool.brokenReason == nil, "stopping a worker that never started is no failure")
+        await Hostile.finish(pool, launcher)
+    }
+
     @Test("a worker that sends the preamble but never says hello")
     func preambleNoHello() async throws {
         let launcher = FakeLauncher { w in

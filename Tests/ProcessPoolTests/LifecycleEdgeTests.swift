@@ -131,6 +131,7 @@ struct FlakyLauncher: WorkerLauncher {
     let base: any WorkerLauncher
     let failEvery: Int
     var failFirst = 0
+    var relaunchGrace: Duration = .seconds(10)
     var name: String { base.name }
     func makeSession(for pool: PoolDescription) throws -> any LaunchSession {
         FlakySession(base: try base.makeSession(for: pool), failEvery: failEvery, failFirst: failFirst)

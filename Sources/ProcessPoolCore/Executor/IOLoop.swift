@@ -209,6 +209,7 @@ final class IOLoop: @unchecked Sendable {
             slot.eofDeadline = nil
             let expected = slot.interrupted
                 || ((slot.saidGoodbye || slot.exitRequested) && exit.isClean && slot.inFlight.isEmpty)
+                || (slot.stoppedBeforeHello && slot.inFlight.isEmpty)
             let early = slot.phase == .starting
             if !expected {
                 if let terminating = core.terminating {
@@ -277,6 +278,18 @@ final class IOLoop: @unchecked Sendable {
             let busy = !core.pending.isEmpty || core.workers.contains { !$0.inFlight.isEmpty }
             if !busy {
                 for slot in core.workers where slot.exit == nil {
+                    if slot.phase == .starting && !slot.saidHello && !slot.signalled {
+                        // No work for it, and it has run none of the user's
+                        // code (hello comes before the initializer): stop
+                        // it rather than wait for it. A fork child caught in
+                        // a runtime lock another thread held at the fork
+                        // never reads its exit, and shutdown waited for its
+                        // hello limit (30 s).
+                        slot.signalled = true
+                        slot.stoppedBeforeHello = true
+                        slot.connection.kill()
+                        continue
+                    }
                     core.requestExitLocked(slot)
                     core.flushLocked(slot)
                 }

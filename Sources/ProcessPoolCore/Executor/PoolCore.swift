@@ -46,9 +46,8 @@ package final class PoolCore: @unchecked Sendable {
     /// Under FailurePolicy.retry: since when the pool has had work, no
     /// worker, and only failed launches (an ssh host reconnecting after its
     /// connection was cut, a passing EMFILE); it breaks once that has lasted
-    /// `workerlessGrace`.
+    /// the launcher's `relaunchGrace`.
     var workerlessSince: UInt64?
-    static let workerlessGrace: UInt64 = 10_000_000_000
 
     /// Work to do once the lock is released (failing and cancelling futures
     /// runs their callbacks, which may call back into the pool).
@@ -243,7 +242,7 @@ package final class PoolCore: @unchecked Sendable {
                     if liveWorkerCount == 0 && !pending.isEmpty {
                         // No worker for the work waiting. Under retry, try
                         // again, backing off, for a while; then break.
-                        guard retrying && now &- (workerlessSince ?? now) < PoolCore.workerlessGrace else {
+                        guard retrying && now &- (workerlessSince ?? now) < MonotonicClock.nanoseconds(launcher.relaunchGrace) else {
                             breakLocked(reason)
                             break
                         }

@@ -39,6 +39,9 @@ final class WorkerSlot: @unchecked Sendable {
     var saidHello = false
     var saidGoodbye = false
     var signalled = false
+    /// Stopped by a shutdown before it said hello, holding no work: its
+    /// death is expected.
+    var stoppedBeforeHello = false
     var exit: WorkerExit?
     var helloDeadline: UInt64
     var eofDeadline: UInt64?

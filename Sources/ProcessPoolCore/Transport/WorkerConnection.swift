@@ -91,6 +91,10 @@ public protocol WorkerLauncher: Sendable {
     var supportsMaxTasksPerChild: Bool { get }
     /// How long a started worker may take to say hello before the pool breaks.
     var helloTimeout: Duration { get }
+    /// Under a retrying failure policy, how long a pool with work waiting
+    /// and no live worker keeps trying to start one (backing off from 1 s)
+    /// before it breaks, naming the last error.
+    var relaunchGrace: Duration { get }
     /// Called once per pool, at its first submit, from the submitting thread.
     ///
     /// - Parameter pool: The pool's registry, worker count and logger.
@@ -110,6 +114,8 @@ extension WorkerLauncher {
     public var defaultWorkerCount: Int? { nil }
     /// Thirty seconds.
     public var helloTimeout: Duration { .seconds(30) }
+    /// Ten seconds.
+    public var relaunchGrace: Duration { .seconds(10) }
 }
 
 /// A pool's use of a launcher: starts its workers, releases what they share.
