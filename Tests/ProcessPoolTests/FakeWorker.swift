@@ -291,14 +291,16 @@ final class FakeLauncher: WorkerLauncher {
 
     let name = "fake"
     let helloTimeout: Duration
+    let restartsSilentStarts: Bool
     let killGrace: Duration
     let lifetime: Duration
     let script: Script
     private let launched = Mutex<[FakeWorkerConnection]>([])
 
-    init(helloTimeout: Duration = .seconds(1), killGrace: Duration = .zero, lifetime: Duration = .seconds(90),
-         script: @escaping Script) {
+    init(helloTimeout: Duration = .seconds(1), restartsSilentStarts: Bool = false, killGrace: Duration = .zero,
+         lifetime: Duration = .seconds(90), script: @escaping Script) {
         self.helloTimeout = helloTimeout
+        self.restartsSilentStarts = restartsSilentStarts
         self.killGrace = killGrace
         self.lifetime = lifetime
         self.script = script

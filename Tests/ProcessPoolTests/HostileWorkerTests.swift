@@ -575,6 +575,33 @@ struct HostileWorkerTests {
         await Hostile.finish(pool, launcher)
     }
 
+    /// Fork children under TSan (in CI, one or two per run): a child caught
+    /// in a runtime lock or one-time initialization another thread held at
+    /// the fork never says hello, and broke its pool after 30 s.
+    @Test("a start method that restarts silent starts (fork): a worker silent at start is replaced, the pool works on")
+    func silentStartRestarted() async throws {
+        let launcher = FakeLauncher(restartsSilentStarts: true) { w in
+            if w.index == 1 { try w.lingerUntilKilled() }
+            try w.handshake()
+            try w.serveEcho()
+        }
+        let pool = try Hostile.makeFakePool(launcher)
+        #expect(try await settle(pool.submit(Echo(5)), within: 20) == 5)
+        #expect(pool.brokenReason == nil)
+        #expect(launcher.connections.count == 2, "the silent worker was replaced once")
+        await Hostile.finish(pool, launcher)
+    }
+
+    @Test("a start whose every worker stays silent breaks the pool after three restarts, saying why")
+    func silentStartsGiveUp() async throws {
+        let launcher = FakeLauncher(restartsSilentStarts: true) { try $0.lingerUntilKilled() }
+        let pool = try Hostile.makeFakePool(launcher)
+        let reason = await expectBroken { _ = try await settle(pool.submit(Echo(5)), within: 30) }
+        #expect(reason?.contains("nor did 3 started again") == true, "\(reason ?? "")")
+        #expect(launcher.connections.count == 4)
+        await Hostile.finish(pool, launcher)
+    }
+
     @Test("a worker that sends the preamble but never says hello")
     func preambleNoHello() async throws {
         let launcher = FakeLauncher { w in

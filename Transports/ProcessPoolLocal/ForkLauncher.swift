@@ -14,6 +14,10 @@ import Synchronization
 struct ForkLauncher: WorkerLauncher {
     var name: String { "fork" }
     var startsAllWorkersAtOnce: Bool { true }
+    /// A fork child says hello within milliseconds (no exec, no loading):
+    /// one silent for 10 s is caught in an inherited lock, and is restarted.
+    var helloTimeout: Duration { .seconds(10) }
+    var restartsSilentStarts: Bool { true }
     var supportsMaxTasksPerChild: Bool { false }
 
     /// A pool that may replace workers forks them all from a template

@@ -244,9 +244,28 @@ final class IOLoop: @unchecked Sendable {
     private func maintainLocked() {
         let now = MonotonicClock.now()
         for slot in core.workers where slot.exit == nil {
-            if slot.phase == .starting && !slot.saidHello && now >= slot.helloDeadline && core.broken == nil {
-                core.breakLocked("worker \(slot.label) did not start the protocol within "
-                    + "\(core.launcher.helloTimeout): does main() call ProcessPoolExecutor.bootstrap first?")
+            if slot.phase == .starting && !slot.saidHello && now >= slot.helloDeadline && core.broken == nil
+                && !slot.stoppedBeforeHello {
+                let limit = core.launcher.helloTimeout
+                if core.launcher.restartsSilentStarts {
+                    if core.silentRestarts < PoolCore.maxSilentRestarts {
+                        // It holds no work (work goes only to workers that
+                        // said hello); its exit brings a replacement.
+                        core.silentRestarts += 1
+                        core.logger.warning("a worker did not start within its limit; stopping it and starting another",
+                                            metadata: ["worker": "\(slot.label)", "limit": "\(limit)"])
+                        slot.signalled = true
+                        slot.stoppedBeforeHello = true
+                        slot.connection.kill()
+                    } else {
+                        core.breakLocked("worker \(slot.label) did not start the protocol within \(limit), "
+                            + "nor did \(PoolCore.maxSilentRestarts) started again in its place: a \(core.launcher.name) "
+                            + "child may be waiting for a lock another thread of this process held at the fork")
+                    }
+                } else {
+                    core.breakLocked("worker \(slot.label) did not start the protocol within "
+                        + "\(limit): does main() call ProcessPoolExecutor.bootstrap first?")
+                }
             }
             if let limit = slot.headDeadline, now >= limit, core.broken == nil {
                 let worker = slot.label

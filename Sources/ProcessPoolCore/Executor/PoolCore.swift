@@ -37,6 +37,10 @@ package final class PoolCore: @unchecked Sendable {
     /// is failing, and retrying would start processes for ever).
     var earlyDeaths = 0
     static let maxEarlyDeaths = 3
+    /// Workers stopped and started again for not saying hello in time
+    /// (launchers with `restartsSilentStarts`), at most `maxSilentRestarts`.
+    var silentRestarts = 0
+    static let maxSilentRestarts = 3
     /// When to try again to start the workers that could not start
     /// (FailurePolicy.retry), and the wait after the next failure.
     var relaunchAt: UInt64?

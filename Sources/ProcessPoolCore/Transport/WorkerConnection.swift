@@ -91,6 +91,14 @@ public protocol WorkerLauncher: Sendable {
     var supportsMaxTasksPerChild: Bool { get }
     /// How long a started worker may take to say hello before the pool breaks.
     var helloTimeout: Duration { get }
+    /// Whether a worker that has not said hello within ``helloTimeout`` is
+    /// stopped and started again (up to three times per pool) rather than
+    /// breaking the pool. True for fork: a forked child can inherit a lock,
+    /// or a one-time initialization, that another thread of the parent held
+    /// at that instant, and wait for it forever before it says hello; it has
+    /// run none of the user's code, and a new fork will most likely not be
+    /// caught again.
+    var restartsSilentStarts: Bool { get }
     /// Under a retrying failure policy, how long a pool with work waiting
     /// and no live worker keeps trying to start one (backing off from 1 s)
     /// before it breaks, naming the last error.
@@ -116,6 +124,8 @@ extension WorkerLauncher {
     public var helloTimeout: Duration { .seconds(30) }
     /// Ten seconds.
     public var relaunchGrace: Duration { .seconds(10) }
+    /// False: a silent start breaks the pool.
+    public var restartsSilentStarts: Bool { false }
 }
 
 /// A pool's use of a launcher: starts its workers, releases what they share.
