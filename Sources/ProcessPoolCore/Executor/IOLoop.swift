@@ -254,9 +254,7 @@ final class IOLoop: @unchecked Sendable {
                         core.silentRestarts += 1
                         core.logger.warning("a worker did not start within its limit; stopping it and starting another",
                                             metadata: ["worker": "\(slot.label)", "limit": "\(limit)"])
-                        slot.signalled = true
-                        slot.stoppedBeforeHello = true
-                        slot.connection.kill()
+                        slot.stopBeforeHello()
                     } else {
                         core.breakLocked("worker \(slot.label) did not start the protocol within \(limit), "
                             + "nor did \(PoolCore.maxSilentRestarts) started again in its place: a \(core.launcher.name) "
@@ -304,9 +302,7 @@ final class IOLoop: @unchecked Sendable {
                         // a runtime lock another thread held at the fork
                         // never reads its exit, and shutdown waited for its
                         // hello limit (30 s).
-                        slot.signalled = true
-                        slot.stoppedBeforeHello = true
-                        slot.connection.kill()
+                        slot.stopBeforeHello()
                         continue
                     }
                     core.requestExitLocked(slot)

@@ -39,9 +39,9 @@ final class WorkerSlot: @unchecked Sendable {
     var saidHello = false
     var saidGoodbye = false
     var signalled = false
-    /// Stopped by a shutdown before it said hello, holding no work: its
-    /// death is expected.
-    var stoppedBeforeHello = false
+    /// Stopped before it said hello, holding no work (by a shutdown, or as a
+    /// silent start to be replaced): its death is expected.
+    private(set) var stoppedBeforeHello = false
     var exit: WorkerExit?
     var helloDeadline: UInt64
     var eofDeadline: UInt64?
@@ -88,6 +88,14 @@ final class WorkerSlot: @unchecked Sendable {
     func recordRunTime(nanos: UInt64) {
         let sample = Double(nanos)
         averageNanos = averageNanos == 0 ? sample : averageNanos * 0.8 + sample * 0.2
+    }
+
+    /// Kills a worker that has not said hello and so holds no work; its
+    /// death is then expected (lock held).
+    func stopBeforeHello() {
+        signalled = true
+        stoppedBeforeHello = true
+        connection.kill()
     }
 
     var canTakeWork: Bool {
